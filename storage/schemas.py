@@ -1,0 +1,147 @@
+"""Every Parquet table of wdys, declared once: its partition keys (in path order) and its columns.
+
+Embeddings are fixed-size lists of float32 so that DuckDB and pyarrow see their dimension.
+Bumping a table's `version` moves it to a new partition (`v=<n>`), so old shards are never misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    partition_keys: tuple[str, ...]
+    version: int
+    columns: tuple[pa.Field, ...]
+
+    def schema(self, dim: int | None = None) -> pa.Schema:
+        """The Arrow schema; embedding columns get the fixed size `dim`."""
+        fields = []
+        for f in self.columns:
+            if f.metadata and f.metadata.get(b"wdys") == b"embedding":
+                if dim is None:
+                    raise ValueError(f"table {self.name} needs the embedding dimension")
+                fields.append(pa.field(f.name, pa.list_(pa.float32(), dim), nullable=f.nullable))
+            else:
+                fields.append(f)
+        return pa.schema(fields)
+
+
+def _embedding(name: str, nullable: bool = True) -> pa.Field:
+    """A placeholder field that Table.schema turns into a fixed-size list of the encoder's dimension."""
+    return pa.field(name, pa.list_(pa.float32()), nullable=nullable, metadata={"wdys": "embedding"})
+
+
+_DATA_KEYS = ("dataset", "split", "subset")
+_ANSWER_KEYS = ("describer", "prompts", "gen")
+
+MANIFEST = Table(
+    "manifest",
+    _DATA_KEYS,
+    1,
+    (
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("image", pa.binary()),  # encoded bytes, or null when `uri` points at the image
+        pa.field("uri", pa.string()),
+    ),
+)
+
+DESCRIPTIONS = Table(
+    "descriptions",
+    _DATA_KEYS + _ANSWER_KEYS,
+    1,
+    (
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # 'description' or 'prediction'
+        pa.field("text", pa.string()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("error", pa.string()),
+    ),
+)
+
+IMAGE_EMBEDDINGS = Table(
+    "image_embeddings",
+    _DATA_KEYS + ("encoder",),
+    1,
+    (
+        pa.field("image_id", pa.string(), nullable=False),
+        _embedding("embedding"),  # null when the image could not be read
+        pa.field("error", pa.string()),
+    ),
+)
+
+TEXT_EMBEDDINGS = Table(
+    "text_embeddings",
+    _DATA_KEYS + ("encoder",) + _ANSWER_KEYS,
+    1,
+    (
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        _embedding("embedding"),  # null when the describer gave no answer
+        pa.field("truncated", pa.bool_()),
+    ),
+)
+
+CLASS_DESCRIPTIONS = Table(
+    "class_descriptions",
+    ("dataset",) + _ANSWER_KEYS,
+    1,
+    (
+        pa.field("class_index", pa.int64(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("prompt_index", pa.int64(), nullable=False),
+        pa.field("sample", pa.int64(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("error", pa.string()),
+    ),
+)
+
+CLASS_WEIGHTS = Table(
+    "class_weights",
+    ("dataset", "encoder", "class_weights") + _ANSWER_KEYS,
+    1,
+    (
+        pa.field("class_index", pa.int64(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        _embedding("weight", nullable=False),
+        pa.field("texts", pa.int64(), nullable=False),  # how many texts were averaged
+        pa.field("truncated", pa.int64(), nullable=False),  # how many of them the tokenizer cut
+    ),
+)
+
+PREDICTIONS = Table(
+    "predictions",
+    _DATA_KEYS + ("encoder",) + _ANSWER_KEYS + ("class_weights",),
+    1,
+    (
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("components", pa.string(), nullable=False),  # e.g. 'image+description+prediction'
+        pa.field("top5", pa.list_(pa.int64())),  # null when the image has none of the components
+        pa.field("scores", pa.list_(pa.float32())),
+    ),
+)
+
+TABLES = {
+    t.name: t
+    for t in (
+        MANIFEST,
+        DESCRIPTIONS,
+        IMAGE_EMBEDDINGS,
+        TEXT_EMBEDDINGS,
+        CLASS_DESCRIPTIONS,
+        CLASS_WEIGHTS,
+        PREDICTIONS,
+    )
+}

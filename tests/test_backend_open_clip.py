@@ -1,0 +1,134 @@
+"""OpenClipEncoder against a tiny random open_clip model saved to disk in both supported layouts.
+
+The reference embeddings come from the in-memory model through open_clip's own API, so the test
+checks that the backend loads the saved weights and preprocesses exactly as open_clip does.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from backends.base import Encoder
+from backends.registry import load_encoder
+
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+PREPROCESS_CFG = {
+    "size": 64,
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+LONG_TEXT = " ".join(f"word{i}" for i in range(300))
+SHORT_TEXT = "a photo of a dog"
+
+
+@pytest.fixture(autouse=True)
+def _cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the comparison with the CPU reference exact on machines with a GPU too."""
+    monkeypatch.setenv("WDYS_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Module]:
+    """Registers a tiny architecture under a unique name; returns it and a model with distinct weights."""
+    name = f"wdys-tiny-{uuid.uuid4().hex[:8]}"
+    cfg_dir = tmp_path_factory.mktemp("configs")
+    (cfg_dir / f"{name}.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(cfg_dir)
+    torch.manual_seed(0)
+    model = open_clip.create_model(name)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    return name, model.eval()
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    sizes = [(80, 64), (64, 64), (50, 90), (64, 100), (33, 33)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    images[-1] = images[-1].convert("L")  # the backend must convert to RGB itself
+    return images
+
+
+def _reference(model: torch.nn.Module, images: list[Image.Image], texts: list[str]):
+    preprocess = image_transform_v2(PreprocessCfg(**PREPROCESS_CFG), is_train=False)
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(im.convert("RGB")) for im in images])
+        return model.encode_image(pixels).numpy(), model.encode_text(open_clip.tokenize(texts)).numpy()
+
+
+def _check_against_reference(enc: Encoder, model: torch.nn.Module) -> None:
+    enc.batch_size = 2  # type: ignore[attr-defined]
+    images, texts = _images(), [SHORT_TEXT, LONG_TEXT, "x"]
+    ref_img, ref_txt = _reference(model, images, texts)
+
+    before = enc.forward_passes
+    assert enc.encode_images([]).shape == (0, 32) and enc.encode_texts([]).vectors.shape == (0, 32)
+    assert enc.forward_passes == before
+    got_img = enc.encode_images(images)
+    assert enc.forward_passes == before + 3  # 5 images in batches of 2
+    got = enc.encode_texts(texts)
+    assert enc.forward_passes == before + 5
+
+    assert got_img.dtype == np.float32 and got_img.shape == (5, 32)
+    np.testing.assert_allclose(got_img, ref_img, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(got_img, axis=1), 1.0)  # not normalised
+    assert got.vectors.dtype == np.float32 and got.vectors.shape == (3, 32)
+    np.testing.assert_allclose(got.vectors, ref_txt, rtol=1e-4, atol=1e-5)
+    assert got.truncated == [False, True, False]
+    # "a" is one BPE token: 75 of them plus start/end fill the 77-token context exactly
+    assert enc.encode_texts(["a " * 75, "a " * 76]).truncated == [False, True]
+
+
+def test_local_dir_layout(tiny: tuple[str, torch.nn.Module], tmp_path: Path) -> None:
+    _, model = tiny
+    (tmp_path / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": PREPROCESS_CFG})
+    )
+    torch.save(model.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+
+    enc = load_encoder(f"open_clip:local-dir:{tmp_path}")
+
+    assert isinstance(enc, Encoder)
+    assert enc.model_id == f"open_clip:local-dir:{tmp_path}"
+    assert enc.dim == 32 and enc.context_length == 77
+    assert enc.forward_passes == 0
+    _check_against_reference(enc, model)
+
+
+def test_arch_with_checkpoint_path(tiny: tuple[str, torch.nn.Module], tmp_path: Path) -> None:
+    name, model = tiny
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), ckpt)
+
+    enc = load_encoder(f"open_clip:{name}/{ckpt}")
+
+    assert enc.model_id == f"open_clip:{name}/{ckpt}"
+    assert enc.dim == 32 and enc.context_length == 77
+    _check_against_reference(enc, model)
+
+
+def test_spec_grammar(tiny: tuple[str, torch.nn.Module]) -> None:
+    from backends.open_clip_encoder import OpenClipEncoder, parse_spec
+
+    assert parse_spec("ViT-B-32//tmp/x/ckpt.pt") == ("ViT-B-32", "/tmp/x/ckpt.pt")
+    assert parse_spec("ViT-B-32/hf-hub:org/repo") == ("ViT-B-32", "hf-hub:org/repo")
+    assert parse_spec("hf-hub:org/repo") == ("hf-hub:org/repo", None)
+    with pytest.raises(ValueError, match="random weights"):
+        OpenClipEncoder.load(tiny[0])
