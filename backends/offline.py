@@ -58,6 +58,8 @@ class MiniLM:
             self.forward_passes += 1
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             vectors.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+        if not vectors:
+            return TextEmbeddings(np.zeros((0, self.dim), np.float32), [])
         return TextEmbeddings(np.concatenate(vectors).astype(np.float32), truncated)
 
 
@@ -181,10 +183,7 @@ class LabelDescriber:
         key = tuple(class_names)
         if key not in self._class_cache:
             self._class_cache[key] = _unit(self.text.encode(list(class_names)).vectors)
-        scores = (
-            _unit(conse(self.classifier.probabilities(images), self.label_embeddings))
-            @ self._class_cache[key].T
-        )
+        scores = _unit(conse(self._probabilities(images), self.label_embeddings)) @ self._class_cache[key].T
         latency = (time.perf_counter() - start) / max(len(images), 1)
         return [Answer(class_names[int(i)], latency) for i in scores.argmax(axis=1)]
 

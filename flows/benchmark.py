@@ -1,0 +1,201 @@
+"""The `benchmark` flow: ingest -> describe -> embed -> class weights -> classify -> evaluate.
+
+It only wires tasks. Every task works on one shard (or one dataset's class list) and returns at
+once when its output shard already exists, so a rerun pays only for what is new.
+
+    python -m flows.benchmark --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+
+from prefect import flow, get_run_logger
+
+from backends.registry import validate_describer_id, validate_encoder_id
+from method.fusion import CLASS_WEIGHTINGS
+from storage.keys import AnswerSource, Selection
+from storage.paths import resolve_root
+from tasks.cache import ShardResult
+from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_task, describe_classes
+from tasks.classify import classify_shard
+from tasks.describe import describe_shard
+from tasks.embed import embed_images_shard, embed_texts_shard
+from tasks.evaluate import evaluate, format_table
+from tasks.ingest import ingest_shard
+from tasks.plan import plan_dataset
+
+DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
+DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
+
+
+def check_parameters(
+    encoders: list[str], describers: list[str], weightings: list[str], shard_size: int
+) -> None:
+    """Fail before any model loads: a wrong id found after an hour of describing costs that hour."""
+    for e in encoders:
+        validate_encoder_id(e)
+    for d in describers:
+        validate_describer_id(d)
+    if not describers:
+        raise ValueError("at least one describer is needed")
+    unknown = set(weightings) - set(CLASS_WEIGHTINGS)
+    if unknown:
+        raise ValueError(f"unknown class weightings {sorted(unknown)}; known: {list(CLASS_WEIGHTINGS)}")
+    if shard_size < 1:
+        raise ValueError("shard_size must be positive")
+
+
+@flow(name="benchmark")
+def benchmark(
+    datasets: list[str] = ["cifar10"],  # noqa: B006 - Prefect parameters need literal defaults
+    splits: list[str] = ["dev"],  # noqa: B006
+    encoders: list[str] = DEFAULT_ENCODERS,  # noqa: B006
+    describers: list[str] = DEFAULT_DESCRIBERS,  # noqa: B006
+    class_weights: list[str] = list(CLASS_WEIGHTINGS),  # noqa: B006
+    root: str | None = None,
+    limit: int | None = None,
+    sample_seed: int | None = None,
+    shard_size: int = 256,
+    max_new_tokens: int = 77,
+    class_samples: int = 3,
+) -> list[dict]:
+    """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
+
+    Args:
+        datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>`.
+        splits: dataset splits, e.g. `dev`, `test`.
+        encoders: `open_clip:<arch>/<pretrained>` or `offline:conse-lite0-minilm`.
+        describers: `hf:<repo|dir>`, `openai:<model>` or `offline:lite2-labels`.
+        class_weights: any of name, template, templates, descriptions, sum.
+        root: storage root, any fsspec URL (default $WDYS_ROOT, else ./data).
+        limit: use only this many images per split (the first ones, or a sample with `sample_seed`).
+        sample_seed: seed of the random sample when `limit` is set.
+        shard_size: images per shard (one task per shard and stage).
+        max_new_tokens: generation length of the describer's answers.
+        class_samples: class descriptions sampled per prompt and class.
+    """
+    started = time.perf_counter()
+    check_parameters(encoders, describers, class_weights, shard_size)
+    root = resolve_root(root)
+    sources = [AnswerSource(d, max_new_tokens, class_samples) for d in describers]
+    futures = []
+    runs: list[dict[str, str]] = []
+    for dataset in datasets:
+        for split in splits:
+            plan = plan_dataset(Selection(dataset, split, limit, sample_seed, shard_size))
+            shards = range(len(plan.shards))
+            manifests = [ingest_shard.submit(root, plan, s) for s in shards]
+            answers = {
+                src: [describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
+                for src in sources
+            }
+            class_answers = {
+                src: describe_classes.submit(root, dataset, plan.class_names, src)
+                for src in sources
+                if set(class_weights) & set(NEEDS_DESCRIPTIONS)
+            }
+            for encoder in encoders:
+                images = [
+                    embed_images_shard.submit(root, plan, s, encoder, wait_for=[manifests[s]]) for s in shards
+                ]
+                for src in sources:
+                    texts = [
+                        embed_texts_shard.submit(root, plan, s, encoder, src, wait_for=[answers[src][s]])
+                        for s in shards
+                    ]
+                    for weighting in class_weights:
+                        needs = weighting in NEEDS_DESCRIPTIONS
+                        weights = class_weights_task.submit(
+                            root,
+                            dataset,
+                            plan.class_names,
+                            encoder,
+                            weighting,
+                            src if needs else None,
+                            wait_for=[class_answers[src]] if needs else [],
+                        )
+                        futures += [
+                            classify_shard.submit(
+                                root,
+                                plan,
+                                s,
+                                encoder,
+                                src,
+                                weighting,
+                                wait_for=[images[s], texts[s], weights],
+                            )
+                            for s in shards
+                        ]
+                        futures += [weights, *texts]
+                        runs.append(
+                            {
+                                **plan.selection.keys(),
+                                "encoder": encoder,
+                                **src.image_keys(),
+                                "class_weights": weighting,
+                            }
+                        )
+                futures += images
+            futures += manifests + [f for fs in answers.values() for f in fs] + list(class_answers.values())
+    results: list[ShardResult] = [f.result() for f in futures]
+    rows = evaluate(root, runs)
+    summary = Counter("computed" if r.computed else "cached" for r in results)
+    passes = sum(r.forward_passes for r in results)
+    report = (
+        f"{format_table(rows)}\n"
+        f"shards computed: {summary['computed']}, read from cache: {summary['cached']}; "
+        f"model forward passes: {passes}; wall time: {time.perf_counter() - started:.1f} s; root: {root}"
+    )
+    get_run_logger().info(report)
+    print(report, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.benchmark",
+        description=benchmark.description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Runs locally without a Prefect server (a temporary one starts in-process).",
+    )
+    parser.add_argument("--datasets", nargs="+", default=["cifar10"], help="dataset names (default: cifar10)")
+    parser.add_argument("--splits", nargs="+", default=["dev"], help="splits (default: dev)")
+    parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="encoder model ids")
+    parser.add_argument("--describers", nargs="+", default=DEFAULT_DESCRIBERS, help="describer model ids")
+    parser.add_argument(
+        "--class-weights",
+        nargs="+",
+        default=list(CLASS_WEIGHTINGS),
+        choices=CLASS_WEIGHTINGS,
+        help="class weightings",
+    )
+    parser.add_argument(
+        "--root", default=None, help="storage root, any fsspec URL (default: $WDYS_ROOT or ./data)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="images per split")
+    parser.add_argument("--sample-seed", type=int, default=None, help="seed of the sample taken with --limit")
+    parser.add_argument("--shard-size", type=int, default=256, help="images per shard")
+    parser.add_argument("--max-new-tokens", type=int, default=77, help="describer answer length")
+    parser.add_argument("--class-samples", type=int, default=3, help="class descriptions per prompt")
+    args = parser.parse_args(argv)
+    benchmark(
+        datasets=args.datasets,
+        splits=args.splits,
+        encoders=args.encoders,
+        describers=args.describers,
+        class_weights=args.class_weights,
+        root=args.root,
+        limit=args.limit,
+        sample_seed=args.sample_seed,
+        shard_size=args.shard_size,
+        max_new_tokens=args.max_new_tokens,
+        class_samples=args.class_samples,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

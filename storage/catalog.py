@@ -1,0 +1,100 @@
+"""The DuckDB catalog: `<root>/wdys.duckdb` holds one view per Parquet table plus `metrics`.
+
+The views read the shards in place (hive partitions become columns), so the file stays small and
+is always current; the plain `duckdb` command line can open it. Object-store roots are read through
+the fsspec filesystem registered on the connection, since DuckDB's httpfs cannot be installed here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import duckdb
+import fsspec
+
+from storage.paths import catalog_path, is_local, table_glob
+from storage.schemas import TABLES
+
+COMPONENT_ORDER = (
+    "['image', 'description', 'prediction', 'image+description', 'image+prediction', "
+    "'description+prediction', 'image+description+prediction']"
+)
+
+RUN_KEYS = ("dataset", "split", "subset", "encoder", "describer", "prompts", "gen", "class_weights")
+
+# One row per (run keys, components): accuracy over the images that had a query, per-class recall
+# averaged over classes, and the gain in points over the image-only row of the same keys.
+METRICS_SQL = f"""
+create or replace view metrics as
+with scored as (
+    select {", ".join(RUN_KEYS)}, components, label,
+           top5 is null as excluded,
+           coalesce(top5[1] = label, false) as hit1,
+           coalesce(list_contains(top5, label), false) as hit5
+    from predictions
+), per_class as (
+    select {", ".join(RUN_KEYS)}, components, label,
+           count(*) filter (where not excluded) as n,
+           count(*) filter (where excluded) as excluded,
+           count(*) filter (where hit1) as correct1,
+           count(*) filter (where hit5) as correct5
+    from scored group by all
+), by_run as (
+    select {", ".join(RUN_KEYS)}, components,
+           sum(n)::bigint as n,
+           sum(excluded)::bigint as excluded,
+           100.0 * sum(correct1) / nullif(sum(n), 0) as top1,
+           100.0 * sum(correct5) / nullif(sum(n), 0) as top5,
+           100.0 * avg(correct1 / nullif(n, 0)) as mean_per_class_recall
+    from per_class group by all
+)
+select r.*, r.top1 - base.top1 as gain_top1, r.top5 - base.top5 as gain_top5
+from by_run r
+left join by_run base
+  on {" and ".join(f"base.{k} = r.{k}" for k in RUN_KEYS)} and base.components = 'image'
+order by {", ".join(RUN_KEYS)}, list_position({COMPONENT_ORDER}, r.components)
+"""
+
+_lock = threading.Lock()
+
+
+def connect(root: str, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(database, read_only=read_only, config={"autoinstall_known_extensions": False})
+    if not is_local(root):
+        con.register_filesystem(fsspec.filesystem(root.split("://", 1)[0]))
+    return con
+
+
+def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
+    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics."""
+    made = []
+    fs, _ = fsspec.core.url_to_fs(root)
+    for name in TABLES:
+        glob = table_glob(root, name)
+        if not fs.glob(glob.split("://", 1)[-1] if is_local(root) else glob):
+            continue
+        con.execute(
+            f"create or replace view {name} as select * from read_parquet('{glob}', "
+            "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
+        )
+        made.append(name)
+    if "predictions" in made:
+        con.execute(METRICS_SQL)
+        made.append("metrics")
+    return made
+
+
+def refresh_catalog(root: str) -> str:
+    """(Re)write `<root>/wdys.duckdb`. For object-store roots the file is kept in a local cache
+    folder ($WDYS_CATALOG_DIR, default ./.wdys) since DuckDB files cannot live on S3."""
+    path = catalog_path(root) if is_local(root) else local_catalog_path(root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _lock, connect(root, path) as con:
+        create_views(con, root)
+    return path
+
+
+def local_catalog_path(root: str) -> str:
+    safe = root.replace("://", "_").replace("/", "_")
+    return os.path.join(os.environ.get("WDYS_CATALOG_DIR", ".wdys"), safe, "wdys.duckdb")

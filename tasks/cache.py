@@ -1,0 +1,45 @@
+"""What every shard task returns, and the one rule they share: a shard that exists is not recomputed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from storage.io import exists, write_table
+
+_model_locks: dict[int, threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    path: str
+    computed: bool
+    forward_passes: int = 0
+    rows: int = 0
+
+
+def cached_shard(path: str, compute: Callable[[], tuple[pa.Table, int]]) -> ShardResult:
+    """Return the shard at `path`, computing and writing it only when it does not exist yet.
+
+    `compute` returns the table and the number of model forward passes it took.
+    """
+    if exists(path):
+        return ShardResult(path, computed=False)
+    table, passes = compute()
+    write_table(path, table)
+    return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
+
+
+@contextmanager
+def exclusive(model: object) -> Iterator[Callable[[], int]]:
+    """Run one shard at a time on a shared model; yields a function giving the passes spent so far."""
+    with _registry_lock:
+        lock = _model_locks.setdefault(id(model), threading.Lock())
+    with lock:
+        start = model.forward_passes  # type: ignore[attr-defined]
+        yield lambda: model.forward_passes - start  # type: ignore[attr-defined]

@@ -1,0 +1,167 @@
+"""Class weights W (one row per class) for a dataset and an encoder, in each of the paper's weightings.
+
+`descriptions` needs CuPL-style class descriptions from a describer; they are cached like image
+descriptions, so a second encoder reuses them. The formulas themselves live in `method.fusion`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from backends.registry import load_describer, load_encoder
+from method.fusion import ensemble, normalize, sum_weights
+from method.prompts import (
+    CLASS_DESCRIPTION_PROMPTS,
+    SINGLE_TEMPLATE,
+    class_description_prompts,
+    clip_templates,
+)
+from storage.io import read_table
+from storage.keys import NO_ANSWERS, AnswerSource
+from storage.paths import shard_path
+from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
+from tasks.cache import ShardResult, cached_shard, exclusive
+
+NEEDS_DESCRIPTIONS = ("descriptions", "sum")
+
+
+def class_descriptions_path(root: str, dataset: str, source: AnswerSource) -> str:
+    return shard_path(root, CLASS_DESCRIPTIONS, {"dataset": dataset, **source.class_keys()}, 0)
+
+
+def class_weights_path(
+    root: str, dataset: str, encoder_id: str, weighting: str, source: AnswerSource | None
+) -> str:
+    answers = source.class_keys() if weighting in NEEDS_DESCRIPTIONS and source else NO_ANSWERS
+    keys = {"dataset": dataset, "encoder": encoder_id, "class_weights": weighting, **answers}
+    return shard_path(root, CLASS_WEIGHTS, keys, 0)
+
+
+@task(cache_policy=NO_CACHE, name="describe-classes", tags=["gpu"], retries=2, retry_delay_seconds=5)
+def describe_classes(
+    root: str, dataset: str, class_names: tuple[str, ...], source: AnswerSource
+) -> ShardResult:
+    def compute():
+        describer = load_describer(source.describer, source.max_new_tokens)
+        prompts = [p for c in class_names for p in class_description_prompts(c)]
+        subjects = [c for c in class_names for _ in CLASS_DESCRIPTION_PROMPTS]
+        with exclusive(describer) as passes:
+            answers = describer.describe_classes(prompts, source.class_samples, subjects)
+            spent = passes()
+        per_class = len(CLASS_DESCRIPTION_PROMPTS)
+        rows = [
+            {
+                "class_index": i // per_class,
+                "class_name": subjects[i],
+                "prompt_index": i % per_class,
+                "sample": s,
+                "text": a.text,
+                "latency_s": a.latency_s,
+                "prompt_tokens": a.prompt_tokens,
+                "completion_tokens": a.completion_tokens,
+                "error": a.error,
+            }
+            for i, samples in enumerate(answers)
+            for s, a in enumerate(samples)
+        ]
+        return pa.Table.from_pylist(rows, schema=CLASS_DESCRIPTIONS.schema()), spent
+
+    return cached_shard(class_descriptions_path(root, dataset, source), compute)
+
+
+def _class_texts(
+    root: str, dataset: str, class_names: tuple[str, ...], weighting: str, source: AnswerSource | None
+) -> list[list[str]]:
+    if weighting == "name":
+        return [[c] for c in class_names]
+    if weighting == "template":
+        return [[SINGLE_TEMPLATE.format(c=c)] for c in class_names]
+    if weighting == "templates":
+        return [clip_templates(c) for c in class_names]
+    if weighting == "descriptions":
+        if source is None:
+            raise ValueError("the 'descriptions' weighting needs a describer")
+        table = read_table(class_descriptions_path(root, dataset, source), columns=["class_index", "text"])
+        texts: list[list[str]] = [[] for _ in class_names]
+        for index, text in zip(*(table.column(c).to_pylist() for c in ("class_index", "text")), strict=True):
+            if text:
+                texts[index].append(text)
+        # A class whose descriptions all failed falls back to its name rather than a zero vector.
+        return [t or [c] for t, c in zip(texts, class_names, strict=True)]
+    raise ValueError(f"unknown class weighting {weighting!r}")
+
+
+def _weights_table(
+    class_names: tuple[str, ...], weights: np.ndarray, texts: list[int], cut: list[int]
+) -> pa.Table:
+    dim = weights.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(weights.reshape(-1), pa.float32()), dim)
+    return pa.table(
+        {
+            "class_index": pa.array(range(len(class_names)), pa.int64()),
+            "class_name": list(class_names),
+            "weight": column,
+            "texts": pa.array(texts, pa.int64()),
+            "truncated": pa.array(cut, pa.int64()),
+        },
+        schema=CLASS_WEIGHTS.schema(dim),
+    )
+
+
+def read_class_weights(path: str) -> np.ndarray:
+    column = read_table(path, columns=["weight"]).column("weight").combine_chunks()
+    return column.values.to_numpy().reshape(len(column), -1)
+
+
+def ensure_class_weights(
+    root: str,
+    dataset: str,
+    class_names: tuple[str, ...],
+    encoder_id: str,
+    weighting: str,
+    source: AnswerSource | None,
+) -> ShardResult:
+    """Compute (or find) one weighting; `sum` is built from the three weightings it adds up."""
+
+    def compute():
+        if weighting == "sum":
+            parts = [
+                ensure_class_weights(root, dataset, class_names, encoder_id, w, source)
+                for w in ("name", "template", "descriptions")
+            ]
+            name, template, descriptions = (read_class_weights(p.path) for p in parts)
+            meta = read_table(parts[2].path, columns=["texts", "truncated"])
+            texts = [2 + n for n in meta.column("texts").to_pylist()]
+            return _weights_table(
+                class_names,
+                sum_weights(name, template, descriptions),
+                texts,
+                meta.column("truncated").to_pylist(),
+            ), sum(p.forward_passes for p in parts)
+        per_class = _class_texts(root, dataset, class_names, weighting, source)
+        encoder = load_encoder(encoder_id)
+        with exclusive(encoder) as passes:
+            embedded = encoder.encode_texts([t for texts in per_class for t in texts])
+            spent = passes()
+        bounds = np.cumsum([0] + [len(t) for t in per_class])
+        groups = [embedded.vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        cut = [sum(embedded.truncated[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        weights = normalize(np.concatenate(groups)) if weighting in ("name", "template") else ensemble(groups)
+        return _weights_table(class_names, weights, [len(t) for t in per_class], cut), spent
+
+    return cached_shard(class_weights_path(root, dataset, encoder_id, weighting, source), compute)
+
+
+@task(cache_policy=NO_CACHE, name="class-weights", tags=["gpu"])
+def class_weights_task(
+    root: str,
+    dataset: str,
+    class_names: tuple[str, ...],
+    encoder_id: str,
+    weighting: str,
+    source: AnswerSource | None,
+) -> ShardResult:
+    return ensure_class_weights(root, dataset, class_names, encoder_id, weighting, source)

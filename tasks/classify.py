@@ -1,0 +1,77 @@
+"""Classify one shard: fuse every component subset and score it against one set of class weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
+from storage.io import read_table
+from storage.keys import AnswerSource
+from storage.paths import shard_path
+from storage.schemas import IMAGE_EMBEDDINGS, MANIFEST, PREDICTIONS, TEXT_EMBEDDINGS
+from tasks.cache import ShardResult, cached_shard
+from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_path, read_class_weights
+from tasks.plan import ShardPlan
+
+TOP = 5
+
+
+def embeddings_or_nan(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(n, dim) float32 from a fixed-size-list column, NaN rows where the value is null."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = column.type.list_size
+    vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), dim).astype(np.float32)
+    vectors[~column.is_valid().to_numpy(zero_copy_only=False)] = np.nan
+    return vectors
+
+
+def load_components(root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource) -> dict:
+    sel = plan.selection
+    images = read_table(shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard))
+    texts = read_table(
+        shard_path(root, TEXT_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id, **source.image_keys()}, shard)
+    )
+    components = {"image": normalize(embeddings_or_nan(images.column("embedding")))}
+    order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
+    for kind in ("description", "prediction"):
+        rows = texts.filter(pc.equal(texts.column("kind"), kind))
+        vectors = np.full_like(components["image"], np.nan)
+        index = [order[i] for i in rows.column("image_id").to_pylist()]
+        vectors[index] = normalize(embeddings_or_nan(rows.column("embedding")))
+        components[kind] = vectors
+    return components
+
+
+@task(cache_policy=NO_CACHE, name="classify")
+def classify_shard(
+    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource, weighting: str
+) -> ShardResult:
+    sel = plan.selection
+    answers = source.image_keys()
+    keys = {**sel.keys(), "encoder": encoder_id, **answers, "class_weights": weighting}
+    path = shard_path(root, PREDICTIONS, keys, shard)
+
+    def compute():
+        manifest = read_table(shard_path(root, MANIFEST, sel.keys(), shard), columns=["image_id", "label"])
+        components = load_components(root, plan, shard, encoder_id, source)
+        weights = read_class_weights(
+            class_weights_path(
+                root, sel.dataset, encoder_id, weighting, source if weighting in NEEDS_DESCRIPTIONS else None
+            )
+        )
+        columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
+        for subset in component_subsets():
+            queries, valid = fuse(components, subset)
+            classes, scores = top_k(logits(np.nan_to_num(queries), weights), TOP)
+            columns["image_id"] += manifest.column("image_id").to_pylist()
+            columns["label"] += manifest.column("label").to_pylist()
+            columns["components"] += [subset_name(subset)] * len(valid)
+            columns["top5"] += [c.tolist() if v else None for c, v in zip(classes, valid, strict=True)]
+            columns["scores"] += [s.tolist() if v else None for s, v in zip(scores, valid, strict=True)]
+        return pa.table(columns, schema=PREDICTIONS.schema()), 0
+
+    return cached_shard(path, compute)

@@ -1,0 +1,86 @@
+"""Embed one shard with an encoder: its images, or the describer's answers about them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from backends.registry import load_encoder
+from sources.images import decode_manifest
+from storage.io import read_table
+from storage.keys import AnswerSource
+from storage.paths import shard_path
+from storage.schemas import DESCRIPTIONS, IMAGE_EMBEDDINGS, MANIFEST, TEXT_EMBEDDINGS
+from tasks.cache import ShardResult, cached_shard, exclusive
+from tasks.plan import ShardPlan
+
+
+def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) -> pa.Array:
+    """A fixed-size-list column with null where `present` is False."""
+    flat = np.zeros((len(present), dim), np.float32)
+    if vectors is not None and len(vectors):
+        flat[np.flatnonzero(present)] = vectors
+    values = pa.array(flat.reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([not p for p in present]))
+
+
+@task(cache_policy=NO_CACHE, name="embed-images", tags=["gpu"])
+def embed_images_shard(root: str, plan: ShardPlan, shard: int, encoder_id: str) -> ShardResult:
+    sel = plan.selection
+    path = shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard)
+
+    def compute():
+        manifest = read_table(shard_path(root, MANIFEST, sel.keys(), shard))
+        images, errors = decode_manifest(manifest)
+        encoder = load_encoder(encoder_id)
+        present = [im is not None for im in images]
+        with exclusive(encoder) as passes:
+            vectors = encoder.encode_images([im for im in images if im is not None])
+            spent = passes()
+        table = pa.table(
+            {
+                "image_id": manifest.column("image_id"),
+                "embedding": embedding_column(vectors, present, encoder.dim),
+                "error": pa.array(errors, pa.string()),
+            },
+            schema=IMAGE_EMBEDDINGS.schema(encoder.dim),
+        )
+        return table, spent
+
+    return cached_shard(path, compute)
+
+
+@task(cache_policy=NO_CACHE, name="embed-texts", tags=["gpu"])
+def embed_texts_shard(
+    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource
+) -> ShardResult:
+    sel = plan.selection
+    answer_keys = source.image_keys()
+    path = shard_path(root, TEXT_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id, **answer_keys}, shard)
+
+    def compute():
+        answers = read_table(
+            shard_path(root, DESCRIPTIONS, {**sel.keys(), **answer_keys}, shard),
+            columns=["image_id", "kind", "text"],
+        )
+        texts = answers.column("text").to_pylist()
+        present = [t is not None for t in texts]
+        encoder = load_encoder(encoder_id)
+        with exclusive(encoder) as passes:
+            embedded = encoder.encode_texts([t for t in texts if t is not None])
+            spent = passes()
+        truncated = iter(embedded.truncated)
+        table = pa.table(
+            {
+                "image_id": answers.column("image_id"),
+                "kind": answers.column("kind"),
+                "embedding": embedding_column(embedded.vectors, present, encoder.dim),
+                "truncated": pa.array([next(truncated) if p else None for p in present], pa.bool_()),
+            },
+            schema=TEXT_EMBEDDINGS.schema(encoder.dim),
+        )
+        return table, spent
+
+    return cached_shard(path, compute)

@@ -1,0 +1,23 @@
+"""Ingest one shard: the manifest rows (image id, label, image bytes or URI) of a dataset split."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from sources.registry import open_dataset
+from storage.paths import shard_path
+from storage.schemas import MANIFEST
+from tasks.cache import ShardResult, cached_shard
+from tasks.plan import ShardPlan
+
+
+@task(cache_policy=NO_CACHE, name="ingest")
+def ingest_shard(root: str, plan: ShardPlan, shard: int) -> ShardResult:
+    sel = plan.selection
+    path = shard_path(root, MANIFEST, sel.keys(), shard)
+
+    def compute():
+        return open_dataset(sel.dataset, sel.split).manifest(plan.shards[shard]), 0
+
+    return cached_shard(path, compute)

@@ -1,0 +1,37 @@
+"""Plan a dataset split into shards: which rows, in which shard, with which class names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from sources.registry import open_dataset
+from storage.keys import Selection
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    selection: Selection
+    class_names: tuple[str, ...]
+    shards: tuple[tuple[int, ...], ...]
+
+
+def select_rows(num_rows: int, limit: int | None, seed: int | None) -> list[int]:
+    """All rows, the first `limit`, or a seeded sample of `limit` rows (kept in row order)."""
+    if limit is None or limit >= num_rows:
+        return list(range(num_rows))
+    if seed is None:
+        return list(range(limit))
+    return sorted(np.random.default_rng(seed).choice(num_rows, size=limit, replace=False).tolist())
+
+
+@task(cache_policy=NO_CACHE, name="plan")
+def plan_dataset(selection: Selection) -> ShardPlan:
+    source = open_dataset(selection.dataset, selection.split)
+    rows = select_rows(source.num_rows, selection.limit, selection.seed)
+    size = selection.shard_size
+    shards = tuple(tuple(rows[i : i + size]) for i in range(0, len(rows), size))
+    return ShardPlan(selection, source.class_names, shards)
