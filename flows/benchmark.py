@@ -62,7 +62,7 @@ def benchmark(
     shard_size: int = 256,
     max_new_tokens: int = 77,
     class_samples: int = 3,
-) -> list[dict]:
+) -> dict:
     """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
 
     Args:
@@ -77,6 +77,9 @@ def benchmark(
         shard_size: images per shard (one task per shard and stage).
         max_new_tokens: generation length of the describer's answers.
         class_samples: class descriptions sampled per prompt and class.
+
+    Returns the run's metrics rows, the model forward passes it ran and how many shards it
+    computed or found in the cache.
     """
     started = time.perf_counter()
     check_parameters(encoders, describers, class_weights, shard_size)
@@ -152,7 +155,13 @@ def benchmark(
     )
     get_run_logger().info(report)
     print(report, flush=True)
-    return rows
+    return {
+        "metrics": rows,
+        "forward_passes": passes,
+        "shards_computed": summary["computed"],
+        "shards_cached": summary["cached"],
+        "root": root,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,43 @@
+# wdys: `make run` sets up and runs the benchmark on the embedded defaults; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SQL    ?= select * from metrics
+
+# Offline-friendly Prefect and Hugging Face settings (no telemetry, no UI assets, no hub calls).
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export PREFECT_SERVER_UI_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test lint format query clean
+
+$(BIN)/.installed: requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade-strategy only-if-needed -r requirements.lock
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/python -m flows.benchmark $(ARGS)
+
+test: setup
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+query: setup
+	$(BIN)/python -m storage.query "$(SQL)"
+
+clean:
+	rm -rf $(VENV) data .wdys

@@ -1,0 +1,152 @@
+"""The benchmark flow end to end on real CIFAR-10 images with the offline profile, on a real
+Prefect test server, and the cache rules: a rerun computes nothing; a new describer recomputes
+only what depends on descriptions; a new encoder reuses the descriptions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from flows.benchmark import benchmark
+from method.fusion import component_subsets, normalize, subset_name
+from storage.io import read_table
+
+ENCODER, DESCRIBER = "offline:conse-lite0-minilm", "offline:lite2-labels"
+
+
+def run(root: Path, **overrides) -> dict:
+    params = dict(
+        datasets=["cifar10"], splits=["dev"], limit=24, sample_seed=0, shard_size=12, class_samples=1
+    )
+    return benchmark(root=str(root), **{**params, **overrides})
+
+
+def shards(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+
+
+def tables(paths) -> set[str]:
+    return {p.split("/", 1)[0] for p in paths}
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    return root, run(root)
+
+
+def test_metrics_cover_every_subset_and_weighting(first_run):
+    root, result = first_run
+    rows = result["metrics"]
+    assert result["forward_passes"] > 0 and result["shards_cached"] == 0
+    assert len(rows) == 7 * 5
+    assert {r["components"] for r in rows} == {subset_name(s) for s in component_subsets()}
+    for r in rows:
+        assert r["n"] == 24 and r["excluded"] == 0
+        assert 0 <= r["top1"] <= r["top5"] <= 100
+    base = {r["class_weights"]: r["top1"] for r in rows if r["components"] == "image"}
+    for r in rows:
+        assert r["gain_top1"] == pytest.approx(r["top1"] - base[r["class_weights"]])
+
+
+def test_duckdb_file_answers_the_printed_metrics(first_run):
+    root, result = first_run
+    with duckdb.connect(str(root / "wdys.duckdb"), read_only=True) as con:
+        stored = con.sql("select * from metrics").to_arrow_table().to_pylist()
+    key = lambda r: (r["class_weights"], r["components"])  # noqa: E731
+    assert sorted(stored, key=key) == sorted(result["metrics"], key=key)
+
+
+def test_image_only_predictions_match_a_direct_computation(first_run):
+    root, result = first_run
+    embeddings = read_table(next(str(p) for p in root.glob("image_embeddings/**/shard-00000.parquet")))
+    weights = read_table(next(str(p) for p in root.glob("class_weights/**/class_weights=name/**/*.parquet")))
+    predictions = read_table(
+        next(str(p) for p in root.glob("predictions/**/class_weights=name/**/shard-00000.parquet"))
+    )
+    image = normalize(np.array(embeddings.column("embedding").to_pylist()))
+    W = np.array(weights.column("weight").to_pylist())
+    expected = np.argsort(-(image @ W.T), axis=1)[:, :5]
+    only_image = predictions.filter(pc.equal(predictions.column("components"), "image"))
+    np.testing.assert_array_equal(np.array(only_image.column("top5").to_pylist()), expected)
+    # top-1 in the metrics view equals the share of hits counted straight from the Parquet files
+    hits = []
+    for path in root.glob("predictions/**/class_weights=name/**/*.parquet"):
+        t = read_table(str(path))
+        t = t.filter(pc.equal(t.column("components"), "image"))
+        hits += [
+            top[0] == label
+            for top, label in zip(t.column("top5").to_pylist(), t.column("label").to_pylist(), strict=True)
+        ]
+    row = next(r for r in result["metrics"] if r["class_weights"] == "name" and r["components"] == "image")
+    assert row["top1"] == pytest.approx(100 * np.mean(hits))
+
+
+def test_rerun_computes_nothing(first_run):
+    root, _ = first_run
+    before = shards(root)
+    again = run(root)
+    assert again["forward_passes"] == 0 and again["shards_computed"] == 0 and again["shards_cached"] > 0
+    assert shards(root) == before
+
+
+def test_new_describer_recomputes_only_what_depends_on_descriptions(first_run):
+    root, _ = first_run
+    before = shards(root)
+    result = run(root, describers=["offline:lite0-labels"])
+    after = shards(root)
+    assert all(after[p] == t for p, t in before.items())  # nothing rewritten
+    new = set(after) - set(before)
+    assert tables(new) == {
+        "descriptions",
+        "text_embeddings",
+        "class_descriptions",
+        "class_weights",
+        "predictions",
+    }
+    assert all(
+        "class_weights=descriptions" in p or "class_weights=sum" in p for p in new if p.startswith("class_w")
+    )
+    assert result["forward_passes"] > 0
+
+
+def test_new_encoder_reuses_descriptions(first_run):
+    root, _ = first_run
+    before = shards(root)
+    run(root, encoders=["offline:conse-lite2-minilm"])
+    new = set(shards(root)) - set(before)
+    assert tables(new) == {"image_embeddings", "text_embeddings", "class_weights", "predictions"}
+
+
+def test_unknown_model_is_refused_before_anything_runs(prefect_server, tmp_path):
+    with pytest.raises(ValueError, match="unknown offline encoder"):
+        run(tmp_path, encoders=["offline:nope"])
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_cli_help_documents_the_parameters():
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.benchmark", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ},
+    ).stdout
+    for flag in (
+        "--datasets",
+        "--encoders",
+        "--describers",
+        "--class-weights",
+        "--root",
+        "--limit",
+        "--shard-size",
+    ):
+        assert flag in out
