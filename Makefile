@@ -22,8 +22,9 @@ $(BIN)/.installed: requirements.lock
 
 setup: $(BIN)/.installed
 
+# The in-process temporary Prefect server logs spurious errors when it shuts down; hide only those.
 run: setup
-	$(BIN)/python -m flows.benchmark $(ARGS)
+	PREFECT_SERVER_LOGGING_LEVEL=CRITICAL $(BIN)/python -m flows.benchmark $(ARGS)
 
 test: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS)
