@@ -16,8 +16,9 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: setup run test lint format query clean
 
 $(BIN)/.installed: requirements.lock
+	@echo "Installing pinned dependencies into $(VENV) (a few minutes the first time)..."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade-strategy only-if-needed -r requirements.lock
+	$(BIN)/pip install -qq -r requirements.lock
 	touch $@
 
 setup: $(BIN)/.installed

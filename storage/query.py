@@ -1,6 +1,6 @@
 """Ad-hoc SQL over a storage root's catalog, read-only: `make query SQL="select * from metrics"`.
 
-    python -m storage.query [--root ROOT] "SQL"
+python -m storage.query [--root ROOT] "SQL"
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ only what depends on descriptions; a new encoder reuses the descriptions."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,12 @@ def test_cli_help_documents_the_parameters():
         "--shard-size",
     ):
         assert flag in out
+
+
+def test_metrics_are_published_as_a_table_artifact(first_run):
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("wdys-metrics")
+    assert artifact is not None and artifact.type == "table"
+    table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert len(table) == 35 and {"components", "class_weights", "top1", "top5", "gain_top1"} <= set(table[0])
