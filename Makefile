@@ -10,10 +10,14 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_UI_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_LOGGING_LEVEL ?= WARNING
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint format query clean
+# A local Prefect server for deployments: SQLite under .prefect/, on 127.0.0.1 only.
+PREFECT_PORT ?= 4200
+SERVER_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_LOGGING_LEVEL=INFO
+API_ENV := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: setup run test lint format query server deploy worker clean
 
 $(BIN)/.installed: requirements.lock
 	@echo "Installing pinned dependencies into $(VENV) (a few minutes the first time)..."
@@ -38,8 +42,17 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+server: setup
+	$(SERVER_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: setup
+	$(API_ENV) $(BIN)/python -m deployments.deploy
+
+worker: setup
+	$(API_ENV) PREFECT_LOGGING_LEVEL=INFO $(BIN)/prefect worker start --pool wdys-process
+
 query: setup
 	$(BIN)/python -m storage.query "$(SQL)"
 
 clean:
-	rm -rf $(VENV) data .wdys
+	rm -rf $(VENV) data .wdys .prefect

@@ -1,7 +1,9 @@
-"""What every shard task returns, and the one rule they share: a shard that exists is not recomputed."""
+"""What every shard task returns, and the rules they share: a shard that exists is not recomputed,
+and model compute takes a slot of the `gpu` concurrency limit when one is configured."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,11 +37,30 @@ def cached_shard(path: str, compute: Callable[[], tuple[pa.Table, int]]) -> Shar
     return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
 
 
+GPU_LIMIT_ENV = "WDYS_GPU_LIMIT"
+
+
+@contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold a slot of the Prefect global concurrency limit named by $WDYS_GPU_LIMIT (deployments set
+    it to `gpu`), strictly: a limit that does not exist is an error, not a warning. Local runs
+    without a server leave the variable unset and take no slot."""
+    name = os.environ.get(GPU_LIMIT_ENV)
+    if not name:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
 @contextmanager
 def exclusive(model: object) -> Iterator[Callable[[], int]]:
-    """Run one shard at a time on a shared model; yields a function giving the passes spent so far."""
+    """Run one shard at a time on a shared model, inside a GPU slot; yields a function giving the
+    forward passes spent so far."""
     with _registry_lock:
         lock = _model_locks.setdefault(id(model), threading.Lock())
-    with lock:
+    with lock, gpu_slot():
         start = model.forward_passes  # type: ignore[attr-defined]
         yield lambda: model.forward_passes - start  # type: ignore[attr-defined]

@@ -1,0 +1,189 @@
+"""Deployments for real: a local `prefect server start`, the pool, the deployments and a process
+worker; `prefect deployment run 'benchmark/quick' --watch`; parameter validation by the server;
+the `wdys.model.registered` trigger; and watch-models starting exactly one run for what is new.
+
+Every process is started in its own session and killed with its group at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUICK_PARAMS = [
+    "--param",
+    "limit=20",
+    "--param",
+    "sample_seed=0",
+    "--param",
+    "shard_size=10",
+    "--param",
+    "class_samples=1",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the whole group, then SIGKILL (a 3.9 worker ignores the first SIGTERM)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing of the group is left behind
+
+
+def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "WDYS_ROOT": str(tmp_path_factory.mktemp("root")),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    proc = start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        home / "server.log",
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop(proc)
+                pytest.fail(
+                    "prefect server did not become healthy:\n" + (home / "server.log").read_text()[-3000:]
+                )
+            time.sleep(0.5)
+    deployed = run([sys.executable, "-m", "deployments.deploy", "--no-schedules"], env, timeout=180)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    yield env
+    stop(proc)
+
+
+def flow_runs(env: dict, deployment: str) -> list[dict]:
+    code = (
+        "import json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        f"    d = c.read_deployment_by_name({deployment!r})\n"
+        "    runs = [r for r in c.read_flow_runs(limit=200) if r.deployment_id == d.id]\n"
+        "    rows = [{'id': str(r.id), 'parameters': r.parameters, 'state': r.state_name} for r in runs]\n"
+        "    print(json.dumps(rows))\n"
+    )
+    out = run([sys.executable, "-c", code], env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_quick_deployment_runs_on_a_worker_and_lands_in_duckdb(server, tmp_path):
+    worker = start(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "wdys-process"], server, tmp_path / "worker.log"
+    )
+    try:
+        result = run(
+            [str(BIN / "prefect"), "deployment", "run", "benchmark/quick", *QUICK_PARAMS, "--watch"], server
+        )
+    finally:
+        stop(worker)
+    assert result.returncode == 0, result.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-3000:]
+    assert "Completed" in result.stdout
+    with duckdb.connect(str(Path(server["WDYS_ROOT"]) / "wdys.duckdb"), read_only=True) as con:
+        rows = con.sql(
+            "select components, top1 from metrics where subset = 'sample20-seed0-shard10'"
+        ).fetchall()
+    assert len(rows) == 7 * 5 and all(0 <= top1 <= 100 for _, top1 in rows)
+
+
+def test_server_refuses_a_wrong_parameter_type(server):
+    before = len(flow_runs(server, "benchmark/quick"))
+    out = run(
+        [str(BIN / "prefect"), "deployment", "run", "benchmark/quick", "--param", "shard_size=abc"], server
+    )
+    assert out.returncode != 0
+    assert "shard_size" in out.stdout and "not of type 'integer'" in out.stdout
+    out = run(
+        [str(BIN / "prefect"), "deployment", "run", "benchmark/quick", "--param", 'class_weights=["nope"]'],
+        server,
+    )
+    assert out.returncode != 0 and "class_weights" in out.stdout
+    assert len(flow_runs(server, "benchmark/quick")) == before  # no run was created
+
+
+def test_model_registered_event_triggers_watch_models(server):
+    code = "from flows.watch_models import announce_model; announce_model('offline:lite0-labels')"
+    assert run([sys.executable, "-c", code], server, timeout=60).returncode == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = flow_runs(server, "watch-models/default")
+        if any(r["parameters"].get("extra_models") == ["offline:lite0-labels"] for r in runs):
+            return
+        time.sleep(2)
+    pytest.fail(f"no watch-models run for the event; runs: {runs}")
+
+
+def test_watch_models_starts_one_run_for_new_models_and_then_none(server, tmp_path):
+    """Needs the quick run's results (lite0 encoder x lite2 describer) from the first test."""
+    registry = tmp_path / "models.toml"
+    registry.write_text(
+        'version = 2\ndeployment = "benchmark/quick"\ndatasets = ["cifar10"]\nsplits = ["dev"]\n'
+        "[parameters]\nlimit = 20\nsample_seed = 0\nshard_size = 10\nclass_samples = 1\n"
+        '[[encoders]]\nid = "offline:conse-lite0-minilm"\n'
+        '[[describers]]\nid = "offline:lite2-labels"\n[[describers]]\nid = "offline:lite0-labels"\n'
+    )
+    code = (
+        "import json, sys\nfrom flows.watch_models import watch_models\n"
+        f"print('RESULT', json.dumps(watch_models(registry_path={str(registry)!r})))\n"
+    )
+    before = flow_runs(server, "benchmark/quick")
+    results = []
+    for _ in range(2):
+        out = run([sys.executable, "-c", code], server, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results.append(json.loads(out.stdout.split("RESULT ", 1)[1].splitlines()[0]))
+    first, second = results
+    assert first["missing"] == [["cifar10", "dev", "offline:conse-lite0-minilm", "offline:lite0-labels"]]
+    new = [r for r in flow_runs(server, "benchmark/quick") if r["id"] not in {b["id"] for b in before}]
+    assert len(new) == 1 and new[0]["id"] == first["flow_run_id"]
+    assert new[0]["parameters"]["describers"] == ["offline:lite0-labels"]
+    assert new[0]["parameters"]["encoders"] == ["offline:conse-lite0-minilm"]
+    assert second["flow_run_id"] == first["flow_run_id"]  # the idempotency key: nothing new started
