@@ -16,17 +16,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def open_imagefolder(name: str, location: str, split: str) -> DatasetSource:
+    """Every class folder is a class, an empty one too (a class list is the folders, not the images
+    found); hidden folders (`.ipynb_checkpoints`) are not classes."""
     fs, root = fsspec.core.url_to_fs(location)
     split_dir = f"{root.rstrip('/')}/{split}"
     if not fs.isdir(split_dir):
         raise FileNotFoundError(f"no split folder {split!r} under {location!r}")
-    classes = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(split_dir, detail=False) if fs.isdir(p))
+    entries = fs.ls(split_dir, detail=True)
+    classes = sorted(
+        e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"
+    )
+    classes = [c for c in classes if not c.startswith(".")]
     if not classes:
         raise ValueError(f"{split_dir} has no class folders")
+    index = {cls: i for i, cls in enumerate(classes)}
     items: list[tuple[str, int]] = []
-    for index, cls in enumerate(classes):
-        files = sorted(fs.find(f"{split_dir}/{cls}"))
-        items += [(f, index) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+    for path in sorted(fs.find(split_dir)):  # one walk of the split, however many classes
+        cls, sep, _ = path[len(split_dir) + 1 :].partition("/")
+        if sep and cls in index and path.lower().endswith(IMAGE_SUFFIXES):
+            items.append((path, index[cls]))
+    items.sort(key=lambda item: item[1])  # class by class, each class's files sorted
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
 

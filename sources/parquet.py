@@ -15,13 +15,14 @@ import pyarrow.dataset as pads
 
 from sources.base import DatasetSource, image_ids
 
-IMAGE_COLUMNS = ("img", "image")
-LABEL_COLUMNS = ("label", "fine_label", "labels")
+IMAGE_COLUMNS = ("img", "image", "jpg", "jpeg", "png", "webp")  # the last four: WebDataset exports
+LABEL_COLUMNS = ("label", "fine_label", "labels", "cls")
 
 
 def split_files(location: str, split: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     """The Parquet files of one split: `<split>.parquet`, `<split>-*.parquet`, `<split>/*.parquet`,
-    or the hub's `<config>/<split>-*.parquet` and `data/<split>-*.parquet`."""
+    or the hub's `<config>/<split>-*.parquet`, `data/<split>-*.parquet` and, in its Parquet
+    conversions (`refs/convert/parquet`), `<config>/<split>/*.parquet`."""
     fs, root = fsspec.core.url_to_fs(location)
     if root.endswith(".parquet"):
         return fs, [root]
@@ -32,6 +33,7 @@ def split_files(location: str, split: str) -> tuple[fsspec.AbstractFileSystem, l
         f"{root}/{split}/*.parquet",
         f"{root}/data/{split}-*.parquet",
         f"{root}/*/{split}-*.parquet",
+        f"{root}/*/{split}/*.parquet",
     )
     for pattern in patterns:
         files = sorted(fs.glob(pattern))
@@ -48,9 +50,14 @@ def _pick(names: Sequence[str], candidates: Sequence[str], what: str) -> str:
 
 
 def class_names_from(
-    fs: fsspec.AbstractFileSystem, files: list[str], schema: pa.Schema, label: str
+    fs: fsspec.AbstractFileSystem,
+    files: list[str],
+    schema: pa.Schema,
+    label: str,
+    default: Sequence[str] | None = None,
 ) -> list[str]:
-    """Class names from the Hugging Face features metadata, else a `classes.json` beside the files."""
+    """Class names from the Hugging Face features metadata, else a `classes.json` beside the files,
+    else `default` (a registered benchmark's own class list)."""
     meta = (schema.metadata or {}).get(b"huggingface")
     if meta:
         feature = json.loads(meta).get("info", {}).get("features", {}).get(label, {})
@@ -62,15 +69,20 @@ def class_names_from(
             with fs.open(candidate) as f:
                 names = json.load(f)
             return [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else list(names)
+    if default is not None:
+        return list(default)
     raise ValueError(f"no class names for {files[0]}: no Hugging Face label metadata and no classes.json")
 
 
-def open_parquet(name: str, location: str, split: str) -> DatasetSource:
+def open_parquet(
+    name: str, location: str, split: str, class_names: Sequence[str] | None = None
+) -> DatasetSource:
+    """`class_names` is used only where the files name no classes themselves."""
     fs, files = split_files(location, split)
     dataset = pads.dataset(files, filesystem=fs, format="parquet")
     image_col = _pick(dataset.schema.names, IMAGE_COLUMNS, "image")
     label_col = _pick(dataset.schema.names, LABEL_COLUMNS, "label")
-    classes = class_names_from(fs, files, dataset.schema, label_col)
+    classes = class_names_from(fs, files, dataset.schema, label_col, class_names)
 
     def read_rows(rows: Sequence[int]) -> pa.Table:
         table = dataset.take(pa.array(rows, pa.int64()), columns=[image_col, label_col])

@@ -1,18 +1,29 @@
 """Dataset name -> source, in the manner of CLIP_benchmark's builder registry.
 
-Names: a registered benchmark (`cifar10`), or `parquet:<file, folder or URL>` and
-`imagefolder:<folder or URL>` for data the user already holds.
+Names: a registered benchmark (`imagenet1k`, `places365`, `sun397`, `food101`, `pets`, `dtd`,
+`cifar10`, `cifar100`, `cars`, `caltech101`: see `sources.benchmarks` and docs/datasets.md), or
+`parquet:<file, folder or URL>` and `imagefolder:<folder or URL>` for data the user already holds.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Callable
-from pathlib import Path
+from typing import NamedTuple
 
 from sources.base import DatasetSource
+from sources.benchmarks import BENCHMARK_LIST, open_benchmark, shared_datasets_dir
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchmarkInfo",
+    "benchmark",
+    "list_benchmarks",
+    "open_dataset",
+    "shared_datasets_dir",
+]
 
 Builder = Callable[[str], DatasetSource]  # split -> source
 BENCHMARKS: dict[str, Callable[[str], DatasetSource]] = {}
@@ -27,21 +38,20 @@ def benchmark(name: str) -> Callable[[Builder], Builder]:
     return register
 
 
-def shared_datasets_dir() -> Path:
-    """$WDYS_SHARED_DATASETS, else the team's `shared/datasets` beside the checkout."""
-    env = os.environ.get("WDYS_SHARED_DATASETS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+for _bench in BENCHMARK_LIST:
+    benchmark(_bench.name)(functools.partial(open_benchmark, _bench))
 
 
-@benchmark("cifar10")
-def cifar10(split: str) -> DatasetSource:
-    """`test` is the benchmark split; `dev` (100 train images per class) exists only in the local copy."""
-    local = shared_datasets_dir() / "cifar10"
-    if (local / f"{split}.parquet").exists():
-        return open_parquet("cifar10", str(local), split)
-    if split == "dev":
-        raise FileNotFoundError(f"cifar10 split 'dev' is only in the local copy, not found at {local}")
-    return open_parquet("cifar10", "hf://datasets/uoft-cs/cifar10/plain_text", split)
+class BenchmarkInfo(NamedTuple):
+    name: str
+    split: str  # the evaluation split (`test` names it too)
+    num_classes: int
+
+
+def list_benchmarks() -> list[BenchmarkInfo]:
+    """The registered benchmarks with their evaluation split and class count, in the order of the
+    docs' table (e.g. for a `benchmarks` view)."""
+    return [BenchmarkInfo(b.name, b.split, b.num_classes) for b in BENCHMARK_LIST if b.name in BENCHMARKS]
 
 
 def open_dataset(name: str, split: str) -> DatasetSource:
