@@ -98,63 +98,68 @@ def benchmark(
     sources = [AnswerSource(d, max_new_tokens, class_samples) for d in describers]
     futures = []
     runs: list[dict[str, str]] = []
-    for dataset in datasets:
-        for split in splits:
-            plan = plan_dataset(Selection(dataset, split, limit, sample_seed, shard_size))
-            shards = range(len(plan.shards))
-            manifests = [ingest_shard.submit(root, plan, s) for s in shards]
-            answers = {
-                src: [describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
-                for src in sources
-            }
-            class_answers = {
-                src: describe_classes.submit(root, dataset, plan.class_names, src)
-                for src in sources
-                if set(class_weights) & set(NEEDS_DESCRIPTIONS)
-            }
-            for encoder in encoders:
-                images = [
-                    embed_images_shard.submit(root, plan, s, encoder, wait_for=[manifests[s]]) for s in shards
+    # Every dataset and split is opened before any task starts: a bad name fails in seconds.
+    plans = [
+        plan_dataset(Selection(dataset, split, limit, sample_seed, shard_size))
+        for dataset in datasets
+        for split in splits
+    ]
+    for plan in plans:
+        dataset = plan.selection.dataset
+        shards = range(len(plan.shards))
+        manifests = [ingest_shard.submit(root, plan, s) for s in shards]
+        answers = {
+            src: [describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
+            for src in sources
+        }
+        class_answers = {
+            src: describe_classes.submit(root, dataset, plan.class_names, src)
+            for src in sources
+            if set(class_weights) & set(NEEDS_DESCRIPTIONS)
+        }
+        for encoder in encoders:
+            images = [
+                embed_images_shard.submit(root, plan, s, encoder, wait_for=[manifests[s]]) for s in shards
+            ]
+            for src in sources:
+                texts = [
+                    embed_texts_shard.submit(root, plan, s, encoder, src, wait_for=[answers[src][s]])
+                    for s in shards
                 ]
-                for src in sources:
-                    texts = [
-                        embed_texts_shard.submit(root, plan, s, encoder, src, wait_for=[answers[src][s]])
+                for weighting in class_weights:
+                    needs = weighting in NEEDS_DESCRIPTIONS
+                    weights = class_weights_task.submit(
+                        root,
+                        dataset,
+                        plan.class_names,
+                        encoder,
+                        weighting,
+                        src if needs else None,
+                        wait_for=[class_answers[src]] if needs else [],
+                    )
+                    futures += [
+                        classify_shard.submit(
+                            root,
+                            plan,
+                            s,
+                            encoder,
+                            src,
+                            weighting,
+                            wait_for=[images[s], texts[s], weights],
+                        )
                         for s in shards
                     ]
-                    for weighting in class_weights:
-                        needs = weighting in NEEDS_DESCRIPTIONS
-                        weights = class_weights_task.submit(
-                            root,
-                            dataset,
-                            plan.class_names,
-                            encoder,
-                            weighting,
-                            src if needs else None,
-                            wait_for=[class_answers[src]] if needs else [],
-                        )
-                        futures += [
-                            classify_shard.submit(
-                                root,
-                                plan,
-                                s,
-                                encoder,
-                                src,
-                                weighting,
-                                wait_for=[images[s], texts[s], weights],
-                            )
-                            for s in shards
-                        ]
-                        futures += [weights, *texts]
-                        runs.append(
-                            {
-                                **plan.selection.keys(),
-                                "encoder": encoder,
-                                **src.image_keys(),
-                                "class_weights": weighting,
-                            }
-                        )
-                futures += images
-            futures += manifests + [f for fs in answers.values() for f in fs] + list(class_answers.values())
+                    futures += [weights, *texts]
+                    runs.append(
+                        {
+                            **plan.selection.keys(),
+                            "encoder": encoder,
+                            **src.image_keys(),
+                            "class_weights": weighting,
+                        }
+                    )
+            futures += images
+        futures += manifests + [f for fs in answers.values() for f in fs] + list(class_answers.values())
     results: list[ShardResult] = [f.result() for f in futures]
     rows = evaluate(root, runs)
     summary = Counter("computed" if r.computed else "cached" for r in results)
