@@ -67,9 +67,12 @@ class Describer(Protocol):
         """Free-text description of each image."""
         ...
 
-    def predict(self, images: Sequence[Image.Image], prompt: str, class_names: Sequence[str]) -> list[Answer]:
-        """Initial class guess per image; `prompt` already lists `class_names` (backends that
-        read prompts ignore the list, stand-ins that cannot read prompts use it)."""
+    def predict(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    ) -> list[Answer]:
+        """Initial class guess per image, with a prompt per image (a shortlist lists different
+        classes for each); `prompts[i]` already lists `class_names[i]` (backends that read prompts
+        ignore the lists, stand-ins that cannot read prompts use them)."""
         ...
 
     def describe_classes(

@@ -110,10 +110,12 @@ class HFDescriber:
         }
 
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
-        return self._answer_images(images, prompt)
+        return self._answer_images(images, [prompt] * len(images))
 
-    def predict(self, images: Sequence[Image.Image], prompt: str, class_names: Sequence[str]) -> list[Answer]:
-        return self._answer_images(images, prompt)  # the prompt already lists the class names
+    def predict(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    ) -> list[Answer]:
+        return self._answer_images(images, prompts)  # each prompt already lists its class names
 
     def describe_classes(
         self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()
@@ -132,15 +134,18 @@ class HFDescriber:
                 results.extend(flat[i : i + samples] for i in range(0, len(flat), samples))
         return results
 
-    def _answer_images(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
-        text = self._render([{"type": "image"}, {"type": "text", "text": prompt}])
+    def _answer_images(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Answer]:
+        texts = [self._render([{"type": "image"}, {"type": "text", "text": p}]) for p in prompts]
         answers: list[Answer] = []
         with self._lock:
             for start in range(0, len(images), self._batch_size):
                 chunk = [image.convert("RGB") for image in images[start : start + self._batch_size]]
                 try:
                     inputs = self._processor(
-                        text=[text] * len(chunk), images=chunk, padding=True, return_tensors="pt"
+                        text=texts[start : start + self._batch_size],
+                        images=chunk,
+                        padding=True,
+                        return_tensors="pt",
                     )
                     answers.extend(self._generate(inputs, do_sample=False))
                 except Exception as exc:

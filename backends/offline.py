@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from torchvision.transforms import v2 as T
 from backends.base import Answer, TextEmbeddings
 
 TOP_K = 10
+_REMEMBERED = 8192  # images whose Lite2 output the describer keeps
 BATCH_SIZE = 64
 
 
@@ -155,17 +157,29 @@ class LabelDescriber:
     classifier: ImageNetClassifier
     text: MiniLM
     label_embeddings: np.ndarray = field(repr=False)
-    _class_cache: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
-    _last: tuple[list[bytes], np.ndarray] | None = field(default=None, repr=False)
+    _class_vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _recent: OrderedDict[bytes, np.ndarray] = field(default_factory=OrderedDict, repr=False)
 
     def _probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Lite2's output, reused when `predict` follows `describe` on the same images (one pass, not two)."""
+        """Lite2's output per image, remembered for the last few thousand images so that `predict`
+        after `describe` on the same shard costs no second pass."""
         keys = [hashlib.sha1(im.tobytes() + repr(im.size).encode()).digest() for im in images]
-        if self._last is not None and self._last[0] == keys:
-            return self._last[1]
-        probs = self.classifier.probabilities(images)
-        self._last = (keys, probs)
-        return probs
+        missing = [i for i, k in enumerate(keys) if k not in self._recent]
+        if missing:
+            fresh = self.classifier.probabilities([images[i] for i in missing])
+            for i, row in zip(missing, fresh, strict=True):
+                self._recent[keys[i]] = row
+        rows = [self._recent[k] for k in keys]
+        while len(self._recent) > _REMEMBERED:
+            self._recent.popitem(last=False)
+        return np.stack(rows) if rows else np.zeros((0, 1000), np.float32)
+
+    def _class_vector(self, names: Sequence[str]) -> np.ndarray:
+        new = [n for n in dict.fromkeys(names) if n not in self._class_vectors]
+        if new:
+            for name, vector in zip(new, _unit(self.text.encode(new).vectors), strict=True):
+                self._class_vectors[name] = vector
+        return np.stack([self._class_vectors[n] for n in names])
 
     @property
     def forward_passes(self) -> int:
@@ -184,14 +198,18 @@ class LabelDescriber:
             answers.append(Answer(f"A photo of a {a}, or perhaps a {b} or a {c}.", latency))
         return answers
 
-    def predict(self, images: Sequence[Image.Image], prompt: str, class_names: Sequence[str]) -> list[Answer]:
+    def predict(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    ) -> list[Answer]:
+        """The guess is the listed class nearest to Lite2's ConSE vector of the image."""
         start = time.perf_counter()
-        key = tuple(class_names)
-        if key not in self._class_cache:
-            self._class_cache[key] = _unit(self.text.encode(list(class_names)).vectors)
-        scores = _unit(conse(self._probabilities(images), self.label_embeddings)) @ self._class_cache[key].T
+        queries = _unit(conse(self._probabilities(images), self.label_embeddings))
+        answers = [
+            names[int(np.argmax(self._class_vector(names) @ query))]
+            for query, names in zip(queries, class_names, strict=True)
+        ]
         latency = (time.perf_counter() - start) / max(len(images), 1)
-        return [Answer(class_names[int(i)], latency) for i in scores.argmax(axis=1)]
+        return [Answer(a, latency) for a in answers]
 
     def describe_classes(
         self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()

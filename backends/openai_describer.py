@@ -90,9 +90,12 @@ class OpenAIDescriber:
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
         return self._map(lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images)
 
-    def predict(self, images: Sequence[Image.Image], prompt: str, class_names: Sequence[str]) -> list[Answer]:
-        """The server reads the prompt, which already lists the classes."""
-        return self.describe(images, prompt)
+    def predict(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    ) -> list[Answer]:
+        """The server reads each prompt, which already lists its classes."""
+        pairs = list(zip(images, prompts, strict=True))
+        return self._map(lambda pair: self._ask(image_message(*pair), GREEDY_TEMPERATURE), pairs)
 
     def describe_classes(
         self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()

@@ -20,17 +20,17 @@ from prefect_dask import DaskTaskRunner
 from pydantic import Field
 
 from backends.registry import validate_describer_id, validate_encoder_id
-from method.fusion import CLASS_WEIGHTINGS
+from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
 from storage.keys import AnswerSource, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_task, describe_classes
 from tasks.classify import classify_shard
-from tasks.describe import describe_shard
+from tasks.describe import describe_shard, predict_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.evaluate import evaluate, format_table
 from tasks.ingest import ingest_shard
-from tasks.plan import plan_dataset
+from tasks.plan import ShardPlan, plan_dataset
 
 DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
 DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
@@ -73,6 +73,7 @@ def benchmark(
     shard_size: Positive = 256,
     max_new_tokens: Positive = 77,
     class_samples: Positive = 3,
+    shortlist: Positive | None = None,
 ) -> dict:
     """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
 
@@ -88,6 +89,8 @@ def benchmark(
         shard_size: images per shard (one task per shard and stage).
         max_new_tokens: generation length of the describer's answers.
         class_samples: class descriptions sampled per prompt and class.
+        shortlist: list only the top-k classes (by the encoder's image-only `templates` scores) in
+            the initial-prediction prompt; default: every class, as in the paper.
 
     Returns the run's metrics rows, the model forward passes it ran and how many shards it
     computed or found in the cache.
@@ -95,48 +98,80 @@ def benchmark(
     started = time.perf_counter()
     check_parameters(encoders, describers, class_weights, shard_size)
     root = resolve_root(root)
-    sources = [AnswerSource(d, max_new_tokens, class_samples) for d in describers]
-    futures = []
-    runs: list[dict[str, str]] = []
+    sources = [AnswerSource(d, max_new_tokens, class_samples, shortlist) for d in describers]
     # Every dataset and split is opened before any task starts: a bad name fails in seconds.
     plans = [
         plan_dataset(Selection(dataset, split, limit, sample_seed, shard_size))
         for dataset in datasets
         for split in splits
     ]
+    check_shortlist(shortlist, plans)
+    futures: list = []
+    runs: list[dict[str, str]] = []
     for plan in plans:
-        dataset = plan.selection.dataset
-        shards = range(len(plan.shards))
+        dataset, names, shards = plan.selection.dataset, plan.class_names, range(len(plan.shards))
         manifests = [ingest_shard.submit(root, plan, s) for s in shards]
-        answers = {
+        descriptions = {
             src: [describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
             for src in sources
         }
+        # Without a shortlist a guess does not depend on the encoder: ask once per describer.
+        guesses = {
+            src: [predict_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
+            for src in sources
+            if src.shortlist is None
+        }
         class_answers = {
-            src: describe_classes.submit(root, dataset, plan.class_names, src)
+            src: describe_classes.submit(root, dataset, names, src)
             for src in sources
             if set(class_weights) & set(NEEDS_DESCRIPTIONS)
         }
+        futures += [*manifests, *class_answers.values()]
+        futures += [f for fs in (*descriptions.values(), *guesses.values()) for f in fs]
         for encoder in encoders:
             images = [
                 embed_images_shard.submit(root, plan, s, encoder, wait_for=[manifests[s]]) for s in shards
             ]
+            plain_weights = {
+                w: class_weights_task.submit(root, dataset, names, encoder, w, None)
+                for w in {*class_weights, SHORTLIST_WEIGHTING if shortlist else None} - {None}
+                if w not in NEEDS_DESCRIPTIONS
+            }
+            futures += [*images, *plain_weights.values()]
             for src in sources:
-                texts = [
-                    embed_texts_shard.submit(root, plan, s, encoder, src, wait_for=[answers[src][s]])
-                    for s in shards
-                ]
+                answers = {"description": descriptions[src]}
+                if src in guesses:
+                    answers["prediction"] = guesses[src]
+                else:  # a shortlist is ranked by this encoder's image-only scores
+                    answers["prediction"] = [
+                        predict_shard.submit(
+                            root,
+                            plan,
+                            s,
+                            src,
+                            encoder,
+                            wait_for=[images[s], plain_weights[SHORTLIST_WEIGHTING]],
+                        )
+                        for s in shards
+                    ]
+                    futures += answers["prediction"]
+                texts = {
+                    kind: [
+                        embed_texts_shard.submit(
+                            root, plan, s, encoder, src, kind, wait_for=[answers[kind][s]]
+                        )
+                        for s in shards
+                    ]
+                    for kind in answers
+                }
+                futures += texts["description"] + texts["prediction"]
                 for weighting in class_weights:
-                    needs = weighting in NEEDS_DESCRIPTIONS
-                    weights = class_weights_task.submit(
-                        root,
-                        dataset,
-                        plan.class_names,
-                        encoder,
-                        weighting,
-                        src if needs else None,
-                        wait_for=[class_answers[src]] if needs else [],
-                    )
+                    weights = plain_weights.get(weighting)
+                    if weights is None:
+                        weights = class_weights_task.submit(
+                            root, dataset, names, encoder, weighting, src, wait_for=[class_answers[src]]
+                        )
+                        futures.append(weights)
                     futures += [
                         classify_shard.submit(
                             root,
@@ -145,21 +180,18 @@ def benchmark(
                             encoder,
                             src,
                             weighting,
-                            wait_for=[images[s], texts[s], weights],
+                            wait_for=[images[s], weights, texts["description"][s], texts["prediction"][s]],
                         )
                         for s in shards
                     ]
-                    futures += [weights, *texts]
                     runs.append(
                         {
                             **plan.selection.keys(),
                             "encoder": encoder,
-                            **src.image_keys(),
+                            **src.run_keys(),
                             "class_weights": weighting,
                         }
                     )
-            futures += images
-        futures += manifests + [f for fs in answers.values() for f in fs] + list(class_answers.values())
     results: list[ShardResult] = [f.result() for f in futures]
     rows = evaluate(root, runs)
     summary = Counter("computed" if r.computed else "cached" for r in results)
@@ -178,6 +210,15 @@ def benchmark(
         "shards_cached": summary["cached"],
         "root": root,
     }
+
+
+def check_shortlist(shortlist: int | None, plans: list[ShardPlan]) -> None:
+    for plan in plans:
+        if shortlist is not None and shortlist > len(plan.class_names):
+            raise ValueError(
+                f"shortlist {shortlist} is larger than the {len(plan.class_names)} classes"
+                f" of {plan.selection.dataset}"
+            )
 
 
 def dask_task_runner() -> DaskTaskRunner:
@@ -221,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=77, help="describer answer length")
     parser.add_argument("--class-samples", type=int, default=3, help="class descriptions per prompt")
     parser.add_argument(
+        "--shortlist", type=int, default=None, help="list only the top-k classes in the guess prompt"
+    )
+    parser.add_argument(
         "--dask",
         action="store_true",
         help="run shard tasks on Dask: $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS",
@@ -238,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         shard_size=args.shard_size,
         max_new_tokens=args.max_new_tokens,
         class_samples=args.class_samples,
+        shortlist=args.shortlist,
     )
 
 

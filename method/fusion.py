@@ -18,6 +18,7 @@ import numpy as np
 
 COMPONENTS = ("image", "description", "prediction")
 CLASS_WEIGHTINGS = ("name", "template", "templates", "descriptions", "sum")
+SHORTLIST_WEIGHTING = "templates"  # the image-only scores that rank classes for a shortlist
 _EPS = 1e-12
 
 
@@ -58,6 +59,13 @@ def top_k(scores: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(scores, order, axis=1)
+
+
+def shortlist(scores: np.ndarray, k: int) -> list[list[int]]:
+    """The k best classes of each row, in the dataset's class order (the prompt lists them so, and
+    so does not reveal the ranking to the describer)."""
+    best, _ = top_k(scores, k)
+    return [sorted(row.tolist()) for row in best]
 
 
 def ensemble(per_class: Sequence[np.ndarray]) -> np.ndarray:

@@ -21,7 +21,17 @@ COMPONENT_ORDER = (
     "'description+prediction', 'image+description+prediction']"
 )
 
-RUN_KEYS = ("dataset", "split", "subset", "encoder", "describer", "prompts", "gen", "class_weights")
+RUN_KEYS = (
+    "dataset",
+    "split",
+    "subset",
+    "encoder",
+    "describer",
+    "prompts",
+    "gen",
+    "shortlist",
+    "class_weights",
+)
 
 # One row per (run keys, components): accuracy over the images that had a query, per-class recall
 # averaged over classes, and the gain in points over the image-only row of the same keys.
@@ -62,17 +72,21 @@ _lock = threading.Lock()
 def connect(root: str, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(database, read_only=read_only, config={"autoinstall_known_extensions": False})
     if not is_local(root):
-        con.register_filesystem(fsspec.filesystem(root.split("://", 1)[0]))
+        # A filesystem instance of the connection's own: it sees the store as it is now, and keeps
+        # its listings for the connection's life, so DuckDB's globs and size look-ups stay cheap.
+        # Credentials and endpoint are the filesystem's own configuration (for S3, the environment).
+        fs, _ = fsspec.core.url_to_fs(root, skip_instance_cache=True)
+        con.register_filesystem(fs)
     return con
 
 
 def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
-    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics."""
+    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics.
+    The shards are listed by the connection itself, through the filesystem its views read."""
     made = []
-    fs, _ = fsspec.core.url_to_fs(root)
     for name in TABLES:
         glob = table_glob(root, name)
-        if not fs.glob(glob.split("://", 1)[-1] if is_local(root) else glob):
+        if not con.execute("select file from glob(?) limit 1", [glob]).fetchall():
             continue
         con.execute(
             f"create or replace view {name} as select * from read_parquet('{glob}', "

@@ -1,8 +1,11 @@
 """Reading and writing Parquet shards on any fsspec filesystem, atomically.
 
 A shard is either complete or absent: locally it is written to a hidden temp file in the same
-folder and renamed into place; on object stores it is uploaded in a single PUT. Readers (and
-DuckDB globs) never see a partial file.
+folder and renamed into place; on object stores it is serialised in memory and uploaded in a single
+PUT. Readers (and DuckDB globs) never see a partial file.
+
+Credentials and endpoints are the filesystem's own business (for S3: the AWS environment variables
+or config files that s3fs and botocore read); they never appear in a path.
 """
 
 from __future__ import annotations
@@ -17,24 +20,27 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 
-def filesystem(path: str) -> fsspec.AbstractFileSystem:
-    fs, _ = fsspec.core.url_to_fs(path)
-    return fs
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of `url` and the path on it, with no cached directory listings: shards
+    written or removed by other processes (workers elsewhere, an earlier run) must be seen at once
+    by the cache check and by the catalog's globs. Instances are still reused."""
+    return fsspec.core.url_to_fs(url, use_listings_cache=False)
 
 
 def exists(path: str) -> bool:
-    return filesystem(path).exists(path)
+    fs, fs_path = filesystem(path)
+    return fs.exists(fs_path)
 
 
 def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
-    fs, fs_path = fsspec.core.url_to_fs(path)
+    fs, fs_path = filesystem(path)
     with fs.open(fs_path, "rb") as f:
         return pq.read_table(f, columns=columns)
 
 
 def write_table(path: str, table: pa.Table) -> None:
     """Write `table` to `path` so that the file appears complete or not at all."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
+    fs, fs_path = filesystem(path)
     if isinstance(fs, LocalFileSystem):
         directory, name = os.path.split(fs_path)
         os.makedirs(directory, exist_ok=True)
@@ -48,4 +54,6 @@ def write_table(path: str, table: pa.Table) -> None:
         return
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    fs.pipe_file(fs_path, buffer.getvalue())  # one PUT: the object exists whole or not at all
+    # One PUT (a multipart upload above 100 MiB, aborted on error): the store publishes the object
+    # whole or not at all. Never `fs.open(path, "wb")`: closing it after an error publishes a part.
+    fs.pipe_file(fs_path, buffer.getvalue())

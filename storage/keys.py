@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from method.prompts import class_prompts_hash, content_hash, image_prompts_hash
-from storage.paths import NONE
+from method.prompts import (
+    DESCRIPTION_PROMPT,
+    PREDICTION_PROMPT,
+    class_prompts_hash,
+    content_hash,
+    image_prompts_hash,
+)
+from storage.paths import NONE, partition_value
 
 
 @dataclass(frozen=True)
@@ -37,16 +43,39 @@ class Selection:
 
 @dataclass(frozen=True)
 class AnswerSource:
+    """A describer with its generation settings; `shortlist` = k lists only the top-k classes
+    (ranked by an encoder's image-only scores) in the initial-prediction prompt."""
+
     describer: str
     max_new_tokens: int = 77
     class_samples: int = 3
+    shortlist: int | None = None
 
-    def image_keys(self) -> dict[str, str]:
-        """Image answers depend on the prompts and the generation length, not on class samples."""
+    def _gen(self) -> str:
+        return content_hash({"max_new_tokens": self.max_new_tokens})
+
+    def answer_keys(self, kind: str, encoder: str | None = None) -> dict[str, str]:
+        """Keys of one kind of image answer. Descriptions never depend on the encoder; predictions
+        do only through a shortlist."""
+        prompt = DESCRIPTION_PROMPT if kind == "description" else PREDICTION_PROMPT
+        shortlisted = kind == "prediction" and self.shortlist is not None
+        if shortlisted and encoder is None:
+            raise ValueError("a shortlisted prediction needs the encoder that ranks the classes")
+        return {
+            "describer": self.describer,
+            "kind": kind,
+            "prompts": content_hash(prompt),
+            "gen": self._gen(),
+            "shortlist": f"top{self.shortlist}-{partition_value(encoder)}" if shortlisted else NONE,
+        }
+
+    def run_keys(self) -> dict[str, str]:
+        """What a classification depends on besides the data, the encoder and the class weights."""
         return {
             "describer": self.describer,
             "prompts": image_prompts_hash(),
-            "gen": content_hash({"max_new_tokens": self.max_new_tokens}),
+            "gen": self._gen(),
+            "shortlist": NONE if self.shortlist is None else f"top{self.shortlist}",
         }
 
     def class_keys(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from storage.schemas import TABLES, Table
 
@@ -21,10 +22,18 @@ _MAX_VALUE = 80
 
 
 def resolve_root(root: str | None = None) -> str:
-    """Flow parameter first, then $WDYS_ROOT, then ./data. Local roots become absolute."""
+    """Flow parameter first, then $WDYS_ROOT, then ./data: any fsspec URL (`s3://bucket/prefix`).
+    Local roots, `file://` URLs included, become absolute paths. A root holding a password is
+    refused: credentials come from the environment, never from a parameter, a path or a log."""
     root = root or os.environ.get("WDYS_ROOT") or DEFAULT_ROOT
+    root = root.removeprefix("file://")
     if "://" not in root:
         root = os.path.abspath(os.path.expanduser(root))
+    elif urlsplit(root).password is not None:
+        raise ValueError(
+            "the storage root must not hold credentials; set them in the environment "
+            "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or the filesystem's config"
+        )
     return root.rstrip("/")
 
 

@@ -52,18 +52,22 @@ MANIFEST = Table(
     ),
 )
 
+# `kind` is 'description' or 'prediction': separate shards, since a prediction can depend on more
+# (a shortlist of classes ranked by an encoder) than a description does.
+_IMAGE_ANSWER_KEYS = ("describer", "kind", "prompts", "gen", "shortlist")
+
 DESCRIPTIONS = Table(
     "descriptions",
-    _DATA_KEYS + _ANSWER_KEYS,
-    1,
+    _DATA_KEYS + _IMAGE_ANSWER_KEYS,
+    2,
     (
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # 'description' or 'prediction'
         pa.field("text", pa.string()),
         pa.field("latency_s", pa.float64()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
         pa.field("error", pa.string()),
+        pa.field("classes", pa.list_(pa.int64())),  # the class indices a shortlisted prompt listed
     ),
 )
 
@@ -80,11 +84,10 @@ IMAGE_EMBEDDINGS = Table(
 
 TEXT_EMBEDDINGS = Table(
     "text_embeddings",
-    _DATA_KEYS + ("encoder",) + _ANSWER_KEYS,
-    1,
+    _DATA_KEYS + ("encoder",) + _IMAGE_ANSWER_KEYS,
+    2,
     (
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
         _embedding("embedding"),  # null when the describer gave no answer
         pa.field("truncated", pa.bool_()),
     ),
@@ -122,8 +125,8 @@ CLASS_WEIGHTS = Table(
 
 PREDICTIONS = Table(
     "predictions",
-    _DATA_KEYS + ("encoder",) + _ANSWER_KEYS + ("class_weights",),
-    1,
+    _DATA_KEYS + ("encoder", "describer", "prompts", "gen", "shortlist", "class_weights"),
+    2,
     (
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
@@ -30,18 +29,18 @@ def embeddings_or_nan(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def load_components(root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource) -> dict:
+    """The shard's normalised image, description and prediction vectors, NaN rows where missing."""
     sel = plan.selection
     images = read_table(shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard))
-    texts = read_table(
-        shard_path(root, TEXT_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id, **source.image_keys()}, shard)
-    )
     components = {"image": normalize(embeddings_or_nan(images.column("embedding")))}
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
     for kind in ("description", "prediction"):
-        rows = texts.filter(pc.equal(texts.column("kind"), kind))
+        keys = {**sel.keys(), "encoder": encoder_id, **source.answer_keys(kind, encoder_id)}
+        texts = read_table(shard_path(root, TEXT_EMBEDDINGS, keys, shard))
         vectors = np.full_like(components["image"], np.nan)
-        index = [order[i] for i in rows.column("image_id").to_pylist()]
-        vectors[index] = normalize(embeddings_or_nan(rows.column("embedding")))
+        vectors[[order[i] for i in texts.column("image_id").to_pylist()]] = normalize(
+            embeddings_or_nan(texts.column("embedding"))
+        )
         components[kind] = vectors
     return components
 
@@ -51,8 +50,7 @@ def classify_shard(
     root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource, weighting: str
 ) -> ShardResult:
     sel = plan.selection
-    answers = source.image_keys()
-    keys = {**sel.keys(), "encoder": encoder_id, **answers, "class_weights": weighting}
+    keys = {**sel.keys(), "encoder": encoder_id, **source.run_keys(), "class_weights": weighting}
     path = shard_path(root, PREDICTIONS, keys, shard)
 
     def compute():

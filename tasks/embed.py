@@ -54,16 +54,16 @@ def embed_images_shard(root: str, plan: ShardPlan, shard: int, encoder_id: str) 
 
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=["gpu"])
 def embed_texts_shard(
-    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource
+    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource, kind: str
 ) -> ShardResult:
+    """Embed one kind of answer ('description' or 'prediction') of one shard."""
     sel = plan.selection
-    answer_keys = source.image_keys()
+    answer_keys = source.answer_keys(kind, encoder_id)
     path = shard_path(root, TEXT_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id, **answer_keys}, shard)
 
     def compute():
         answers = read_table(
-            shard_path(root, DESCRIPTIONS, {**sel.keys(), **answer_keys}, shard),
-            columns=["image_id", "kind", "text"],
+            shard_path(root, DESCRIPTIONS, {**sel.keys(), **answer_keys}, shard), columns=["image_id", "text"]
         )
         texts = answers.column("text").to_pylist()
         present = [t is not None for t in texts]
@@ -75,7 +75,6 @@ def embed_texts_shard(
         table = pa.table(
             {
                 "image_id": answers.column("image_id"),
-                "kind": answers.column("kind"),
                 "embedding": embedding_column(embedded.vectors, present, encoder.dim),
                 "truncated": pa.array([next(truncated) if p else None for p in present], pa.bool_()),
             },

@@ -175,7 +175,9 @@ def test_batch_matches_one_by_one(describer: HFDescriber, photos: list[Image.Ima
     batched = describer.describe(photos, PROMPT)
     single = [describer.describe([photo], PROMPT)[0] for photo in photos]
     assert _without_latency(batched) == _without_latency(single)
-    predicted = describer.predict(photos, PROMPT, ["cat", "dog"])  # same path: the prompt lists the classes
+    predicted = describer.predict(
+        photos, [PROMPT] * len(photos), [["cat", "dog"]] * len(photos)
+    )  # same path: the prompt lists the classes
     assert _without_latency(predicted) == _without_latency(batched)
 
 

@@ -188,7 +188,9 @@ def test_concurrency_is_bounded(server: FakeChatServer, monkeypatch: pytest.Monk
     server.delay_s = 0.05
     describer = _load()
 
-    answers = describer.predict(_images(*[(20 + i, 20) for i in range(12)]), "Which class?", ["a", "b"])
+    answers = describer.predict(
+        _images(*[(20 + i, 20) for i in range(12)]), ["Which class?"] * 12, [["a", "b"]] * 12
+    )
 
     assert all(a.error is None for a in answers)
     assert 2 <= server.max_in_flight <= 3

@@ -17,6 +17,7 @@ import pytest
 
 from flows.benchmark import benchmark
 from method.fusion import component_subsets, normalize, subset_name
+from sources.registry import shared_datasets_dir
 from storage.io import read_table
 
 ENCODER, DESCRIBER = "offline:conse-lite0-minilm", "offline:lite2-labels"
@@ -163,3 +164,28 @@ def test_metrics_are_published_as_a_table_artifact(first_run):
     assert artifact is not None and artifact.type == "table"
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert len(table) == 35 and {"components", "class_weights", "top1", "top5", "gain_top1"} <= set(table[0])
+
+
+def test_shortlist_recomputes_only_the_guesses_and_what_follows(first_run):
+    root, _ = first_run
+    before = shards(root)
+    result = run(root, shortlist=3)
+    new = set(shards(root)) - set(before)
+    assert tables(new) == {"descriptions", "text_embeddings", "predictions"}
+    assert all(
+        "kind=prediction" in p and "shortlist=top3-" in p for p in new if not p.startswith("predictions")
+    )
+    assert {r["shortlist"] for r in result["metrics"]} == {"top3"} and len(result["metrics"]) == 35
+    names = json.loads((shared_datasets_dir() / "cifar10" / "classes.json").read_text())
+    for path in (p for p in new if p.startswith("descriptions")):
+        table = read_table(str(root / path)).to_pylist()
+        assert all(len(r["classes"]) == 3 for r in table)
+        assert all(
+            r["text"] in [names[c] for c in r["classes"]] for r in table
+        )  # the guess is a listed class
+
+
+def test_shortlist_larger_than_the_class_list_is_refused(prefect_server, tmp_path):
+    with pytest.raises(ValueError, match="larger than the 10 classes"):
+        run(tmp_path, shortlist=11)
+    assert not list(tmp_path.rglob("*.parquet"))
