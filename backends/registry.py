@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from functools import cache
+from pathlib import Path
 
 from backends.base import Describer, Encoder
 
@@ -40,6 +41,31 @@ def validate_encoder_id(model_id: str) -> None:
 
         if spec not in OFFLINE_ENCODERS:
             raise ValueError(f"unknown offline encoder {spec!r}; known: {sorted(OFFLINE_ENCODERS)}")
+    if scheme == "open_clip":
+        validate_open_clip_spec(spec)
+
+
+def validate_open_clip_spec(spec: str) -> None:
+    """A known architecture with a known tag or an existing checkpoint, or an existing local dir:
+    checked without loading anything, so that a typo fails before an hour of describing."""
+    import open_clip
+
+    from backends.open_clip_encoder import parse_spec
+
+    arch, pretrained = parse_spec(spec)
+    if pretrained is None:
+        if arch.startswith("local-dir:") and not Path(arch.removeprefix("local-dir:")).is_dir():
+            raise ValueError(f"open_clip local dir {arch.removeprefix('local-dir:')!r} does not exist")
+        return
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    if pretrained.startswith("hf-hub:") or Path(pretrained).is_file():
+        return
+    if pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        raise ValueError(
+            f"open_clip {arch!r} has no pretrained tag {pretrained!r} and no such checkpoint file; "
+            f"tags: {open_clip.list_pretrained_tags_by_model(arch)}"
+        )
 
 
 def validate_describer_id(model_id: str) -> None:

@@ -216,7 +216,14 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
                 f"$WDYS_DATA_DIR/{bench.name} or {bench.env_prefix}_DIR, or set {bench.env_prefix}_HUB"
             )
         hub_split = bench.hub_split if evaluation else split
-        source = open_parquet(bench.name, hub, hub_split, class_names=bench.class_names)
+        try:
+            source = open_parquet(bench.name, hub, hub_split, class_names=bench.class_names)
+        except Exception as exc:  # offline, gated, or no such split: say what was looked for
+            raise FileNotFoundError(
+                f"{bench.name} split {split!r}: no local copy ({bench.env_prefix}_DIR, $WDYS_DATA_DIR/"
+                f"{bench.name}, {shared_datasets_dir() / bench.name}) and the hub copy {hub} could not be "
+                f"read: {type(exc).__name__}: {exc}. The evaluation split is {bench.split!r}."
+            ) from exc
         where = hub
     order = align(bench, source.class_names, f"{where} ({source.split})")
     return relabel(source, bench.name, split, bench.class_names, order)

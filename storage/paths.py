@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+import fsspec
+
 from storage.schemas import TABLES, Table
 
 DEFAULT_ROOT = "./data"
@@ -34,7 +36,23 @@ def resolve_root(root: str | None = None) -> str:
             "the storage root must not hold credentials; set them in the environment "
             "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or the filesystem's config"
         )
+    check_protocol(root)
     return root.rstrip("/")
+
+
+def check_protocol(root: str) -> None:
+    """A malformed or unknown storage URL fails here, before any model loads."""
+    if "://" not in root:
+        return
+    protocol, _, rest = root.partition("://")
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(
+            f"storage root {root!r}: unknown or unavailable protocol {protocol!r} ({exc})"
+        ) from exc
+    if not rest.strip("/"):
+        raise ValueError(f"storage root {root!r} names no bucket or path")
 
 
 def is_local(root: str) -> bool:

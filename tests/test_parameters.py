@@ -1,0 +1,43 @@
+"""Bad parameters fail at once with one clear error, before any model is loaded or shard written."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends import registry
+from flows.benchmark import benchmark
+
+BASE = dict(datasets=["cifar10"], splits=["dev"], limit=4, shard_size=4, class_samples=1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"datasets": ["imagenet-9k"]}, "unknown dataset 'imagenet-9k'"),
+        ({"splits": ["validation-2"]}, "validation-2"),
+        ({"encoders": ["open_clip:ViT-B-99/openai"]}, "unknown open_clip architecture 'ViT-B-99'"),
+        ({"encoders": ["open_clip:ViT-B-32/not-a-tag"]}, "no pretrained tag 'not-a-tag'"),
+        ({"encoders": ["clip:ViT-B-32"]}, "unknown encoder scheme 'clip'"),
+        ({"describers": ["gpt:4"]}, "unknown describer scheme 'gpt'"),
+        ({"describers": ["offline:nope"]}, "unknown offline describer 'nope'"),
+        ({"root": "s4://bucket/x"}, "unknown or unavailable protocol 's4'"),
+        ({"root": "s3://"}, "names no bucket"),
+        ({"shortlist": 11}, "shortlist 11 is larger than the 10 classes of cifar10"),
+    ],
+)
+def test_bad_parameter_fails_before_any_model_loads(prefect_server, tmp_path, overrides, message):
+    loaded = (registry._load_encoder.cache_info().currsize, registry._load_describer.cache_info().currsize)
+    params = {**BASE, "root": str(tmp_path / "root"), **overrides}
+    with pytest.raises((ValueError, FileNotFoundError)) as caught:
+        benchmark(**params)
+    assert message in str(caught.value)
+    assert (
+        registry._load_encoder.cache_info().currsize,
+        registry._load_describer.cache_info().currsize,
+    ) == loaded
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_wrong_parameter_type_is_refused_by_validation(prefect_server, tmp_path):
+    with pytest.raises(Exception, match="shard_size"):
+        benchmark(**{**BASE, "root": str(tmp_path), "shard_size": "many"})
