@@ -29,7 +29,7 @@ from torchvision.transforms import v2 as T
 from backends.base import Answer, TextEmbeddings
 
 TOP_K = 10
-_REMEMBERED = 8192  # images whose Lite2 output the describer keeps
+_REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
 BATCH_SIZE = 64
 
 

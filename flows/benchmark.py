@@ -111,16 +111,14 @@ def benchmark(
     for plan in plans:
         dataset, names, shards = plan.selection.dataset, plan.class_names, range(len(plan.shards))
         manifests = [ingest_shard.submit(root, plan, s) for s in shards]
-        descriptions = {
-            src: [describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
-            for src in sources
-        }
+        descriptions: dict[AnswerSource, list] = {src: [] for src in sources}
         # Without a shortlist a guess does not depend on the encoder: ask once per describer.
-        guesses = {
-            src: [predict_shard.submit(root, plan, s, src, wait_for=[manifests[s]]) for s in shards]
-            for src in sources
-            if src.shortlist is None
-        }
+        guesses: dict[AnswerSource, list] = {src: [] for src in sources if src.shortlist is None}
+        for s in shards:  # a shard's description and guess back to back: the describer sees it once
+            for src in sources:
+                descriptions[src].append(describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]))
+                if src in guesses:
+                    guesses[src].append(predict_shard.submit(root, plan, s, src, wait_for=[manifests[s]]))
         class_answers = {
             src: describe_classes.submit(root, dataset, names, src)
             for src in sources
