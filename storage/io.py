@@ -21,9 +21,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of `url` and the path on it, with no cached directory listings: shards
-    written or removed by other processes (workers elsewhere, an earlier run) must be seen at once
-    by the cache check and by the catalog's globs. Instances are still reused."""
+    """The fsspec filesystem of `url` and the path on it, with no cached directory listings: a
+    shard written or removed by another process (a worker elsewhere, an earlier run) must be seen
+    at once by the cache check. Instances, and their connections, are still reused."""
     return fsspec.core.url_to_fs(url, use_listings_cache=False)
 
 
