@@ -32,17 +32,27 @@ def split_model_id(model_id: str) -> tuple[str, str]:
     return scheme, spec
 
 
-def validate_encoder_id(model_id: str) -> None:
+def _validate(model_id: str, role: str, schemes: tuple[str, ...]) -> tuple[str, str]:
     scheme, spec = split_model_id(model_id)
-    if scheme not in ENCODER_SCHEMES:
-        raise ValueError(f"unknown encoder scheme {scheme!r} in {model_id!r}; known: {ENCODER_SCHEMES}")
+    if scheme not in schemes:
+        raise ValueError(f"unknown {role} scheme {scheme!r} in {model_id!r}; known: {schemes}")
     if scheme == "offline":
-        from backends.offline import OFFLINE_ENCODERS
+        from backends.offline import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS
 
-        if spec not in OFFLINE_ENCODERS:
-            raise ValueError(f"unknown offline encoder {spec!r}; known: {sorted(OFFLINE_ENCODERS)}")
+        known = OFFLINE_ENCODERS if role == "encoder" else OFFLINE_DESCRIBERS
+        if spec not in known:
+            raise ValueError(f"unknown offline {role} {spec!r}; known: {sorted(known)}")
+    return scheme, spec
+
+
+def validate_encoder_id(model_id: str) -> None:
+    scheme, spec = _validate(model_id, "encoder", ENCODER_SCHEMES)
     if scheme == "open_clip":
         validate_open_clip_spec(spec)
+
+
+def validate_describer_id(model_id: str) -> None:
+    _validate(model_id, "describer", DESCRIBER_SCHEMES)
 
 
 def validate_open_clip_spec(spec: str) -> None:
@@ -66,17 +76,6 @@ def validate_open_clip_spec(spec: str) -> None:
             f"open_clip {arch!r} has no pretrained tag {pretrained!r} and no such checkpoint file; "
             f"tags: {open_clip.list_pretrained_tags_by_model(arch)}"
         )
-
-
-def validate_describer_id(model_id: str) -> None:
-    scheme, spec = split_model_id(model_id)
-    if scheme not in DESCRIBER_SCHEMES:
-        raise ValueError(f"unknown describer scheme {scheme!r} in {model_id!r}; known: {DESCRIBER_SCHEMES}")
-    if scheme == "offline":
-        from backends.offline import OFFLINE_DESCRIBERS
-
-        if spec not in OFFLINE_DESCRIBERS:
-            raise ValueError(f"unknown offline describer {spec!r}; known: {sorted(OFFLINE_DESCRIBERS)}")
 
 
 def load_encoder(model_id: str) -> Encoder:
