@@ -17,7 +17,7 @@ PREFECT_PORT ?= 4200
 SERVER_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_LOGGING_LEVEL=INFO
 API_ENV := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: setup run test lint format query server deploy worker clean
+.PHONY: setup run test lint format query bench server deploy worker clean
 
 $(BIN)/.installed: requirements.lock
 	@echo "Installing pinned dependencies into $(VENV) (a few minutes the first time)..."
@@ -50,6 +50,9 @@ deploy: setup
 
 worker: setup
 	$(API_ENV) PREFECT_LOGGING_LEVEL=INFO $(BIN)/prefect worker start --pool wdys-process
+
+bench: setup
+	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 query: setup
 	$(BIN)/python -m storage.query "$(SQL)"
