@@ -31,6 +31,7 @@ from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.evaluate import evaluate, format_table
 from tasks.ingest import ingest_shard
 from tasks.plan import ShardPlan, plan_dataset
+from tasks.report import report as report_task
 
 DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
 DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
@@ -192,12 +193,14 @@ def benchmark(
                     )
     results: list[ShardResult] = [f.result() for f in futures]
     rows = evaluate(root, runs)
+    report_dir = report_task(root, runs)
     summary = Counter("computed" if r.computed else "cached" for r in results)
     passes = sum(r.forward_passes for r in results)
     report = (
         f"{format_table(rows)}\n"
         f"shards computed: {summary['computed']}, read from cache: {summary['cached']}; "
-        f"model forward passes: {passes}; wall time: {time.perf_counter() - started:.1f} s; root: {root}"
+        f"model forward passes: {passes}; wall time: {time.perf_counter() - started:.1f} s; root: {root}\n"
+        f"report: {report_dir}/report.md"
     )
     get_run_logger().info(report)
     print(report, flush=True)
@@ -207,6 +210,7 @@ def benchmark(
         "shards_computed": summary["computed"],
         "shards_cached": summary["cached"],
         "root": root,
+        "report": report_dir,
     }
 
 
@@ -268,6 +272,10 @@ def main(argv: list[str] | None = None) -> None:
         help="run shard tasks on Dask: $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS",
     )
     args = parser.parse_args(argv)
+    try:  # before Prefect records the parameters: a root holding credentials must not be stored
+        resolve_root(args.root)
+    except ValueError as exc:
+        parser.error(str(exc))
     (benchmark_on_dask if args.dask else benchmark)(
         datasets=args.datasets,
         splits=args.splits,

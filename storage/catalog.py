@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 
 import duckdb
 import fsspec
@@ -66,22 +67,50 @@ left join by_run base
 order by {", ".join(RUN_KEYS)}, list_position({COMPONENT_ORDER}, r.components)
 """
 
+# Every recorded failure, one row per (image, stage, model): decoding or embedding an image, or a
+# describer answer that failed after its retries.
+ERRORS_SQL = """
+create or replace view errors as
+select dataset, split, subset, image_id, 'image' as stage, encoder as model, error
+from image_embeddings where error is not null
+union all
+select dataset, split, subset, image_id, kind as stage, describer as model, error
+from descriptions where error is not null
+"""
+
+# Why images were left out of a run's metrics: the first error recorded for the image.
+EXCLUSIONS_SQL = f"""
+create or replace view exclusions as
+with reasons as (
+    select dataset, split, subset, image_id, min(error) as reason from errors group by all
+)
+select {", ".join(f"p.{k}" for k in RUN_KEYS)}, p.components,
+       coalesce(r.reason, 'no component available') as reason, count(*) as images
+from predictions p
+left join reasons r using (dataset, split, subset, image_id)
+where p.top5 is null
+group by all
+"""
+
 _lock = threading.Lock()
 
 
 def connect(root: str, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(database, read_only=read_only, config={"autoinstall_known_extensions": False})
     if not is_local(root):
-        # A filesystem instance of the connection's own: it sees the store as it is now, and keeps
-        # its listings for the connection's life, so DuckDB's globs and size look-ups stay cheap.
+        # A filesystem instance of the connection's own: it sees the store as it is when the
+        # connection opens and keeps that listing for its life. One flat listing of the root fills
+        # it, so DuckDB's globs (one listing per folder otherwise) and size look-ups cost no request.
         # Credentials and endpoint are the filesystem's own configuration (for S3, the environment).
-        fs, _ = fsspec.core.url_to_fs(root, skip_instance_cache=True)
+        fs, base = fsspec.core.url_to_fs(root, skip_instance_cache=True)
+        fs.find(base)
         con.register_filesystem(fs)
     return con
 
 
 def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
-    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics.
+    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics
+    and the analysis views of `storage.analysis` (gains, per_class, confusion, ...).
     The shards are listed by the connection itself, through the filesystem its views read."""
     made = []
     for name in TABLES:
@@ -93,9 +122,18 @@ def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
             "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
         )
         made.append(name)
+    if {"image_embeddings", "descriptions"} <= set(made):
+        con.execute(ERRORS_SQL)
+        made.append("errors")
     if "predictions" in made:
         con.execute(METRICS_SQL)
         made.append("metrics")
+        if "errors" in made:
+            con.execute(EXCLUSIONS_SQL)
+            made.append("exclusions")
+    from storage.analysis import create_analysis_views  # it imports RUN_KEYS from here
+
+    made += create_analysis_views(con, made)
     return made
 
 
@@ -103,9 +141,19 @@ def refresh_catalog(root: str) -> str:
     """(Re)write `<root>/wdys.duckdb`. For object-store roots the file is kept in a local cache
     folder ($WDYS_CATALOG_DIR, default ./.wdys) since DuckDB files cannot live on S3."""
     path = catalog_path(root) if is_local(root) else local_catalog_path(root)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _lock, connect(root, path) as con:
-        create_views(con, root)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    # Built aside and renamed into place: two runs refreshing at once never meet on DuckDB's file
+    # lock, and a reader (make query) never sees a half-made catalog.
+    tmp = os.path.join(directory, f".wdys.{uuid.uuid4().hex}.tmp.duckdb")
+    try:
+        with _lock, connect(root, tmp) as con:
+            create_views(con, root)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + ".wal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
 
 

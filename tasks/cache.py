@@ -28,12 +28,14 @@ class ShardResult:
 def cached_shard(path: str, compute: Callable[[], tuple[pa.Table, int]]) -> ShardResult:
     """Return the shard at `path`, computing and writing it only when it does not exist yet.
 
-    `compute` returns the table and the number of model forward passes it took.
+    `compute` returns the table and the number of model forward passes it took. When another run
+    wrote the same shard meanwhile, its file is kept, unchanged (first writer wins): a reader that
+    has listed a shard never finds it replaced.
     """
     if exists(path):
         return ShardResult(path, computed=False)
     table, passes = compute()
-    write_table(path, table)
+    write_table(path, table, exclusive=True)
     return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
 
 

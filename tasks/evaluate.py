@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from storage.catalog import RUN_KEYS, connect, refresh_catalog
-from storage.paths import partition_value
+from storage.analysis import run_rows
+from storage.catalog import connect, refresh_catalog
 
 SHOWN = ("dataset", "split", "encoder", "describer", "class_weights", "components")
 FIGURES = ("n", "excluded", "top1", "top5", "mean_per_class_recall", "gain_top1")
 
 
 def run_metrics(root: str, runs: list[dict[str, str]]) -> list[dict]:
-    """The metrics rows of the given runs (each a dict of RUN_KEYS with raw, unslugged values)."""
+    """The metrics rows of the given runs (each a dict of RUN_KEYS with raw, unslugged values).
+    The paired statistics (gains, intervals, McNemar) and the report are `tasks.report`'s."""
     database = refresh_catalog(root)
-    wanted = pa.Table.from_pylist([{k: partition_value(run[k]) for k in RUN_KEYS} for run in runs])
     with connect(root, database, read_only=True) as con:
-        con.register("wanted", wanted)
-        return (
-            con.sql(f"select m.* from metrics m semi join wanted w using ({', '.join(RUN_KEYS)})")
-            .to_arrow_table()
-            .to_pylist()
-        )
+        return run_rows(con, "metrics", runs)
 
 
 def format_table(rows: list[dict]) -> str:
