@@ -19,6 +19,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -401,4 +402,15 @@ def test_two_runs_on_one_root_at_once_leave_one_runs_objects(s3, clean_run, thro
     predictions = [k for k in ours if k.startswith("predictions/")]
     assert len(predictions) == PARAMS["limit"] // PARAMS["shard_size"]
     for k in predictions:
-        assert tables[k].equals(pq.read_table(pa.BufferReader(single[k]))), k
+        mine, reference = tables[k], pq.read_table(pa.BufferReader(single[k]))
+        for column in ("image_id", "label", "components", "top5"):  # the predictions themselves: equal
+            assert mine.column(column).equals(reference.column(column)), (k, column)
+        # Scores to float32 rounding: the reference ran inside this test process, whose torch thread
+        # settings earlier tests may have changed; the subprocesses sum in their own order.
+        np.testing.assert_allclose(
+            np.array(mine.column("scores").to_pylist(), dtype=float),
+            np.array(reference.column("scores").to_pylist(), dtype=float),
+            rtol=0,
+            atol=1e-6,
+            err_msg=k,
+        )
