@@ -30,7 +30,9 @@ from backends.base import Answer, TextEmbeddings
 
 TOP_K = 10
 _REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
-BATCH_SIZE = 64
+# channels_last and batches of 16 made Lite0's CPU forward 2.2x faster than contiguous batches of
+# 64 on 2 cores (docs/BENCHMARKS.md, `python -m benchmarks.bench --only offline`).
+BATCH_SIZE = 16
 
 
 class MiniLM:
@@ -85,9 +87,13 @@ class ImageNetClassifier:
 
             size = 260
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on every load
-            self.model = EfficientNet.from_pretrained(
-                f"efficientnet-{variant}", weights_path=weights.get_model_file_path()
-            ).eval()
+            self.model = (
+                EfficientNet.from_pretrained(
+                    f"efficientnet-{variant}", weights_path=weights.get_model_file_path()
+                )
+                .eval()
+                .to(memory_format=torch.channels_last)
+            )
         self.preprocess = T.Compose(
             [
                 T.PILToTensor(),
@@ -105,6 +111,7 @@ class ImageNetClassifier:
             batch = torch.stack(
                 [self.preprocess(im.convert("RGB")) for im in images[start : start + BATCH_SIZE]]
             )
+            batch = batch.contiguous(memory_format=torch.channels_last)
             out.append(torch.softmax(self.model(batch), dim=-1).numpy())
             self.forward_passes += 1
         return np.concatenate(out) if out else np.zeros((0, 1000), np.float32)
