@@ -5,7 +5,6 @@ environment only."""
 
 from __future__ import annotations
 
-import logging
 import re
 import socket
 import threading
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from botocore.exceptions import BotoCoreError
+from s3_support import moto_s3
 
 from flows.benchmark import benchmark
 from storage import io as sio
@@ -57,34 +57,8 @@ def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1 and an environment that points every AWS client at it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    port = server._server.server_address[1]
-    home = tmp_path_factory.mktemp("aws")
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)  # one log line per request otherwise
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))  # absent: nothing from ~/.aws
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        mp.setenv("WDYS_CATALOG_DIR", str(tmp_path_factory.mktemp("catalogs")))
-        s3fs.S3FileSystem.clear_instance_cache()  # no client made for another endpoint
-        fresh_fs().mkdir(BUCKET)
-        try:
-            yield port
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
-            server.stop()
-            werkzeug.setLevel(level)
+    with moto_s3(tmp_path_factory, KEY_ID, SECRET, BUCKET) as (port, _):
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ of one run, each whole and with the predictions of a single run."""
 from __future__ import annotations
 
 import http.client
-import logging
 import os
 import re
 import subprocess
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from s3_support import moto_s3
 
 from flows.benchmark import benchmark
 from storage import io as sio
@@ -175,36 +175,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1, the fault proxy in front of it, and an environment that points
     every AWS client at moto directly (tests switch AWS_ENDPOINT_URL to the proxy)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    port = server._server.server_address[1]
-    proxy = FaultProxy(port)
-    home = tmp_path_factory.mktemp("aws")
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_MAX_ATTEMPTS"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("AWS_ACCESS_KEY_ID", "AKIAWDYSFAULTS000001")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "wdys-faults-secret")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        mp.setenv("WDYS_CATALOG_DIR", str(tmp_path_factory.mktemp("catalogs")))
-        s3fs.S3FileSystem.clear_instance_cache()
-        direct(port).mkdir(BUCKET)
+    with moto_s3(tmp_path_factory, "AKIAWDYSFAULTS000001", "wdys-faults-secret", BUCKET) as (port, _):
+        proxy = FaultProxy(port)
         try:
             yield port, proxy
         finally:
-            s3fs.S3FileSystem.clear_instance_cache()
             proxy.close()
-            server.stop()
-            werkzeug.setLevel(level)
 
 
 def direct(port: int) -> s3fs.S3FileSystem:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from s3_support import moto_s3
 
 from flows.benchmark import benchmark
 from storage import query
@@ -215,40 +216,16 @@ async def read_api(flow_run_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sentinel_env(tmp_path_factory):
     """moto's S3 server and the echo server on 127.0.0.1; the environment holds sentinel secrets."""
-    from moto.server import ThreadedMotoServer
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    port = moto._server.server_address[1]
-    echo = EchoServer()
-    home = tmp_path_factory.mktemp("aws")
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "OPENAI_LOG"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        mp.setenv("WDYS_CATALOG_DIR", str(tmp_path_factory.mktemp("catalogs")))
+    with moto_s3(tmp_path_factory, KEY_ID, SECRET, BUCKET) as (_, mp):
+        echo = EchoServer()
         mp.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{echo.server_address[1]}/v1")
         mp.setenv("OPENAI_API_KEY", OPENAI_KEY)
         mp.setenv("WDYS_OPENAI_MAX_RETRIES", "2")
         mp.setenv("WDYS_OPENAI_TIMEOUT_S", "10")
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
         try:
             yield echo
         finally:
-            s3fs.S3FileSystem.clear_instance_cache()
             echo.close()
-            moto.stop()
-            werkzeug.setLevel(level)
 
 
 @pytest.fixture(scope="module")
