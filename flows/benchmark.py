@@ -1,5 +1,8 @@
 """The `benchmark` flow: ingest -> describe -> embed -> class weights -> classify -> evaluate.
 
+With no describer (`describers=[]`, `--image-only`) it runs the plain zero-shot baseline alone:
+ingest -> embed images -> class weights -> classify -> evaluate.
+
 It only wires tasks. Every task works on one shard (or one dataset's class list) and returns at
 once when its output shard already exists, so a rerun pays only for what is new.
 
@@ -21,7 +24,7 @@ from pydantic import Field
 
 from backends.registry import validate_describer_id, validate_encoder_id
 from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
-from storage.keys import AnswerSource, Selection
+from storage.keys import IMAGE_ONLY_RUN, AnswerSource, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_task, describe_classes
@@ -38,20 +41,31 @@ DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
 
 
 def check_parameters(
-    encoders: list[str], describers: list[str], weightings: list[str], shard_size: int
+    encoders: list[str],
+    describers: list[str],
+    weightings: list[str],
+    shard_size: int,
+    shortlist: int | None = None,
 ) -> None:
     """Fail before any model loads: a wrong id found after an hour of describing costs that hour."""
     for e in encoders:
         validate_encoder_id(e)
     for d in describers:
         validate_describer_id(d)
-    if not describers:
-        raise ValueError("at least one describer is needed")
     unknown = set(weightings) - set(CLASS_WEIGHTINGS)
     if unknown:
         raise ValueError(f"unknown class weightings {sorted(unknown)}; known: {list(CLASS_WEIGHTINGS)}")
+    if not describers and not image_only_weightings(weightings):
+        raise ValueError(f"class weightings {list(weightings)} need a describer's class descriptions")
+    if not describers and shortlist is not None:
+        raise ValueError("a shortlist needs a describer: it lists classes in the describer's prompt")
     if shard_size < 1:
         raise ValueError("shard_size must be positive")
+
+
+def image_only_weightings(weightings: list[str]) -> list[str]:
+    """The weightings a run without a describer can compute (the others need class descriptions)."""
+    return [w for w in weightings if w not in NEEDS_DESCRIPTIONS]
 
 
 # Typed parameters: Prefect turns them into the deployment's JSON schema, so the server refuses a
@@ -66,7 +80,7 @@ def benchmark(
     datasets: Names = ["cifar10"],  # noqa: B006 - Prefect parameters need literal defaults
     splits: Names = ["dev"],  # noqa: B006
     encoders: Names = DEFAULT_ENCODERS,  # noqa: B006
-    describers: Names = DEFAULT_DESCRIBERS,  # noqa: B006
+    describers: list[str] = DEFAULT_DESCRIBERS,  # noqa: B006
     class_weights: Annotated[list[ClassWeighting], Field(min_length=1)] = list(CLASS_WEIGHTINGS),  # noqa: B006
     root: str | None = None,
     limit: Positive | None = None,
@@ -82,8 +96,10 @@ def benchmark(
         datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>`.
         splits: dataset splits, e.g. `dev`, `test`.
         encoders: `open_clip:<arch>/<pretrained>` or `offline:conse-lite0-minilm`.
-        describers: `hf:<repo|dir>`, `openai:<model>` or `offline:lite2-labels`.
-        class_weights: any of name, template, templates, descriptions, sum.
+        describers: `hf:<repo|dir>`, `openai:<model>` or `offline:lite2-labels`; none (`[]`) runs
+            the image-only zero-shot baseline alone.
+        class_weights: any of name, template, templates, descriptions, sum (without a describer,
+            descriptions and sum are skipped).
         root: storage root, any fsspec URL (default $WDYS_ROOT, else ./data).
         limit: use only this many images per split (the first ones, or a sample with `sample_seed`).
         sample_seed: seed of the random sample when `limit` is set.
@@ -97,7 +113,7 @@ def benchmark(
     computed or found in the cache.
     """
     started = time.perf_counter()
-    check_parameters(encoders, describers, class_weights, shard_size)
+    check_parameters(encoders, describers, class_weights, shard_size, shortlist)
     root = resolve_root(root)
     sources = [AnswerSource(d, max_new_tokens, class_samples, shortlist) for d in describers]
     # Every dataset and split is opened before any task starts: a bad name fails in seconds.
@@ -191,6 +207,28 @@ def benchmark(
                             "class_weights": weighting,
                         }
                     )
+            if not sources:  # the image-only baseline: plain zero-shot
+                for weighting in image_only_weightings(class_weights):
+                    futures += [
+                        classify_shard.submit(
+                            root,
+                            plan,
+                            s,
+                            encoder,
+                            None,
+                            weighting,
+                            wait_for=[images[s], plain_weights[weighting]],
+                        )
+                        for s in shards
+                    ]
+                    runs.append(
+                        {
+                            **plan.selection.keys(),
+                            "encoder": encoder,
+                            **IMAGE_ONLY_RUN,
+                            "class_weights": weighting,
+                        }
+                    )
     results: list[ShardResult] = [f.result() for f in futures]
     rows = evaluate(root, runs)
     report_dir = report_task(root, runs)
@@ -247,7 +285,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["cifar10"], help="dataset names (default: cifar10)")
     parser.add_argument("--splits", nargs="+", default=["dev"], help="splits (default: dev)")
     parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="encoder model ids")
-    parser.add_argument("--describers", nargs="+", default=DEFAULT_DESCRIBERS, help="describer model ids")
+    describers = parser.add_mutually_exclusive_group()
+    describers.add_argument("--describers", nargs="+", default=DEFAULT_DESCRIBERS, help="describer model ids")
+    describers.add_argument(
+        "--image-only",
+        action="store_const",
+        const=[],
+        dest="describers",
+        help="no describer: the plain zero-shot baseline alone (image embeddings only)",
+    )
     parser.add_argument(
         "--class-weights",
         nargs="+",

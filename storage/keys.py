@@ -87,3 +87,6 @@ class AnswerSource:
 
 
 NO_ANSWERS = {"describer": NONE, "prompts": NONE, "gen": NONE}
+
+# Run keys of the image-only baseline (plain zero-shot, no describer: `describers=[]`).
+IMAGE_ONLY_RUN = {**NO_ANSWERS, "shortlist": NONE}

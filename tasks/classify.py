@@ -1,4 +1,7 @@
-"""Classify one shard: fuse every component subset and score it against one set of class weights."""
+"""Classify one shard: fuse every component subset and score it against one set of class weights.
+
+Without an answer source (no describer) only the image-only subset is scored: plain zero-shot.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import IMAGE_ONLY_RUN, AnswerSource
 from storage.paths import shard_path
 from storage.schemas import IMAGE_EMBEDDINGS, MANIFEST, PREDICTIONS, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard
@@ -28,11 +31,16 @@ def embeddings_or_nan(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return vectors
 
 
-def load_components(root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource) -> dict:
-    """The shard's normalised image, description and prediction vectors, NaN rows where missing."""
+def load_components(
+    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource | None
+) -> dict:
+    """The shard's normalised image, description and prediction vectors, NaN rows where missing
+    (the image vectors alone without a source)."""
     sel = plan.selection
     images = read_table(shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard))
     components = {"image": normalize(embeddings_or_nan(images.column("embedding")))}
+    if source is None:
+        return components
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
     for kind in ("description", "prediction"):
         keys = {**sel.keys(), "encoder": encoder_id, **source.answer_keys(kind, encoder_id)}
@@ -47,10 +55,11 @@ def load_components(root: str, plan: ShardPlan, shard: int, encoder_id: str, sou
 
 @task(cache_policy=NO_CACHE, name="classify")
 def classify_shard(
-    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource, weighting: str
+    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource | None, weighting: str
 ) -> ShardResult:
     sel = plan.selection
-    keys = {**sel.keys(), "encoder": encoder_id, **source.run_keys(), "class_weights": weighting}
+    answers = source.run_keys() if source else IMAGE_ONLY_RUN
+    keys = {**sel.keys(), "encoder": encoder_id, **answers, "class_weights": weighting}
     path = shard_path(root, PREDICTIONS, keys, shard)
 
     def compute():
@@ -62,7 +71,7 @@ def classify_shard(
             )
         )
         columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
-        for subset in component_subsets():
+        for subset in component_subsets() if source else [("image",)]:
             queries, valid = fuse(components, subset)
             classes, scores = top_k(logits(np.nan_to_num(queries), weights), TOP)
             columns["image_id"] += manifest.column("image_id").to_pylist()

@@ -23,6 +23,8 @@ BASE = dict(datasets=["cifar10"], splits=["dev"], limit=4, shard_size=4, class_s
         ({"root": "s4://bucket/x"}, "unknown or unavailable protocol 's4'"),
         ({"root": "s3://"}, "names no bucket"),
         ({"shortlist": 11}, "shortlist 11 is larger than the 10 classes of cifar10"),
+        ({"describers": [], "class_weights": ["descriptions"]}, "need a describer's class descriptions"),
+        ({"describers": [], "shortlist": 3}, "a shortlist needs a describer"),
     ],
 )
 def test_bad_parameter_fails_before_any_model_loads(prefect_server, tmp_path, overrides, message):

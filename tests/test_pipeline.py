@@ -149,6 +149,7 @@ def test_cli_help_documents_the_parameters():
         "--datasets",
         "--encoders",
         "--describers",
+        "--image-only",
         "--class-weights",
         "--root",
         "--limit",
@@ -189,3 +190,24 @@ def test_shortlist_larger_than_the_class_list_is_refused(prefect_server, tmp_pat
     with pytest.raises(ValueError, match="larger than the 10 classes"):
         run(tmp_path, shortlist=11)
     assert not list(tmp_path.rglob("*.parquet"))
+
+
+# Last in the module: later artifact checks would otherwise read this run's artifacts.
+def test_image_only_run_reuses_image_embeddings_and_matches_the_image_subset(first_run):
+    root, result = first_run
+    before = shards(root)
+    baseline = run(root, describers=[])
+    new = set(shards(root)) - set(before)
+    assert tables(new) == {"predictions"}  # image embeddings and plain class weights came from the cache
+    assert all("describer=none" in p for p in new)
+    assert baseline["forward_passes"] == 0
+    rows = baseline["metrics"]
+    assert {(r["components"], r["describer"]) for r in rows} == {("image", "none")}
+    assert sorted(r["class_weights"] for r in rows) == ["name", "template", "templates"]
+    full = {r["class_weights"]: r for r in result["metrics"] if r["components"] == "image"}
+    for r in rows:
+        assert (r["n"], r["top1"], r["top5"]) == (
+            24,
+            full[r["class_weights"]]["top1"],
+            full[r["class_weights"]]["top5"],
+        )
