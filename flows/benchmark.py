@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from pydantic import Field
 
@@ -68,6 +69,17 @@ def image_only_weightings(weightings: list[str]) -> list[str]:
     return [w for w in weightings if w not in NEEDS_DESCRIPTIONS]
 
 
+def task_threads() -> int:
+    """Shard tasks in flight at once ($WDYS_TASK_THREADS, default 4). Prefect's default is a thread
+    per submitted task: every waiting shard task then held a thread (and torch's thread pool for
+    it), so memory grew with the dataset. Tasks are submitted in dependency order and the pool is
+    first in, first out, so a bounded pool cannot deadlock."""
+    threads = int(os.environ.get("WDYS_TASK_THREADS", "4"))
+    if threads < 2:
+        raise ValueError("WDYS_TASK_THREADS must be at least 2: one shard computes while the next is read")
+    return threads
+
+
 # Typed parameters: Prefect turns them into the deployment's JSON schema, so the server refuses a
 # wrong value before a run starts.
 ClassWeighting = Literal["name", "template", "templates", "descriptions", "sum"]
@@ -75,7 +87,7 @@ Positive = Annotated[int, Field(ge=1)]
 Names = Annotated[list[str], Field(min_length=1)]
 
 
-@flow(name="benchmark")
+@flow(name="benchmark", task_runner=ThreadPoolTaskRunner(max_workers=task_threads()))
 def benchmark(
     datasets: Names = ["cifar10"],  # noqa: B006 - Prefect parameters need literal defaults
     splits: Names = ["dev"],  # noqa: B006
@@ -126,33 +138,39 @@ def benchmark(
     futures: list = []
     runs: list[dict[str, str]] = []
     for plan in plans:
-        dataset, names, shards = plan.selection.dataset, plan.class_names, range(len(plan.shards))
-        manifests = [ingest_shard.submit(root, plan, s) for s in shards]
+        dataset, names = plan.selection.dataset, plan.class_names
+        parts = [plan.shard(i) for i in range(len(plan.shards))]  # what each shard task gets
+        shards = range(len(parts))
+        manifests = [ingest_shard.submit(root, parts[s]) for s in shards]
         descriptions: dict[AnswerSource, list] = {src: [] for src in sources}
         # Without a shortlist a guess does not depend on the encoder: ask once per describer.
         guesses: dict[AnswerSource, list] = {src: [] for src in sources if src.shortlist is None}
-        for s in shards:  # a shard's description and guess back to back: the describer sees it once
+        images: dict[str, list] = {encoder: [] for encoder in encoders}
+        # Shard by shard: a shard's description and guess back to back (the describer reads it once),
+        # and its image embeddings beside them, so the describer and the encoders work side by side.
+        for s in shards:
             for src in sources:
-                descriptions[src].append(describe_shard.submit(root, plan, s, src, wait_for=[manifests[s]]))
+                descriptions[src].append(describe_shard.submit(root, parts[s], src, wait_for=[manifests[s]]))
                 if src in guesses:
-                    guesses[src].append(predict_shard.submit(root, plan, s, src, wait_for=[manifests[s]]))
+                    guesses[src].append(predict_shard.submit(root, parts[s], src, wait_for=[manifests[s]]))
+            for encoder in encoders:
+                images[encoder].append(
+                    embed_images_shard.submit(root, parts[s], encoder, wait_for=[manifests[s]])
+                )
         class_answers = {
             src: describe_classes.submit(root, dataset, names, src)
             for src in sources
             if set(class_weights) & set(NEEDS_DESCRIPTIONS)
         }
         futures += [*manifests, *class_answers.values()]
-        futures += [f for fs in (*descriptions.values(), *guesses.values()) for f in fs]
+        futures += [f for fs in (*descriptions.values(), *guesses.values(), *images.values()) for f in fs]
         for encoder in encoders:
-            images = [
-                embed_images_shard.submit(root, plan, s, encoder, wait_for=[manifests[s]]) for s in shards
-            ]
             plain_weights = {
                 w: class_weights_task.submit(root, dataset, names, encoder, w, None)
                 for w in {*class_weights, SHORTLIST_WEIGHTING if shortlist else None} - {None}
                 if w not in NEEDS_DESCRIPTIONS
             }
-            futures += [*images, *plain_weights.values()]
+            futures += plain_weights.values()
             for src in sources:
                 answers = {"description": descriptions[src]}
                 if src in guesses:
@@ -161,11 +179,10 @@ def benchmark(
                     answers["prediction"] = [
                         predict_shard.submit(
                             root,
-                            plan,
-                            s,
+                            parts[s],
                             src,
                             encoder,
-                            wait_for=[images[s], plain_weights[SHORTLIST_WEIGHTING]],
+                            wait_for=[images[encoder][s], plain_weights[SHORTLIST_WEIGHTING]],
                         )
                         for s in shards
                     ]
@@ -173,7 +190,7 @@ def benchmark(
                 texts = {
                     kind: [
                         embed_texts_shard.submit(
-                            root, plan, s, encoder, src, kind, wait_for=[answers[kind][s]]
+                            root, parts[s], encoder, src, kind, wait_for=[answers[kind][s]]
                         )
                         for s in shards
                     ]
@@ -190,12 +207,16 @@ def benchmark(
                     futures += [
                         classify_shard.submit(
                             root,
-                            plan,
-                            s,
+                            parts[s],
                             encoder,
                             src,
                             weighting,
-                            wait_for=[images[s], weights, texts["description"][s], texts["prediction"][s]],
+                            wait_for=[
+                                images[encoder][s],
+                                weights,
+                                texts["description"][s],
+                                texts["prediction"][s],
+                            ],
                         )
                         for s in shards
                     ]
@@ -212,12 +233,11 @@ def benchmark(
                     futures += [
                         classify_shard.submit(
                             root,
-                            plan,
-                            s,
+                            parts[s],
                             encoder,
                             None,
                             weighting,
-                            wait_for=[images[s], plain_weights[weighting]],
+                            wait_for=[images[encoder][s], plain_weights[weighting]],
                         )
                         for s in shards
                     ]

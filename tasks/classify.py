@@ -17,7 +17,7 @@ from storage.paths import shard_path
 from storage.schemas import IMAGE_EMBEDDINGS, MANIFEST, PREDICTIONS, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard
 from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_path, read_class_weights
-from tasks.plan import ShardPlan
+from tasks.plan import Shard
 
 TOP = 5
 
@@ -31,20 +31,20 @@ def embeddings_or_nan(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return vectors
 
 
-def load_components(
-    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource | None
-) -> dict:
+def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSource | None) -> dict:
     """The shard's normalised image, description and prediction vectors, NaN rows where missing
     (the image vectors alone without a source)."""
-    sel = plan.selection
-    images = read_table(shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard))
+    sel = shard.selection
+    images = read_table(
+        shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard.index)
+    )
     components = {"image": normalize(embeddings_or_nan(images.column("embedding")))}
     if source is None:
         return components
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
     for kind in ("description", "prediction"):
         keys = {**sel.keys(), "encoder": encoder_id, **source.answer_keys(kind, encoder_id)}
-        texts = read_table(shard_path(root, TEXT_EMBEDDINGS, keys, shard))
+        texts = read_table(shard_path(root, TEXT_EMBEDDINGS, keys, shard.index))
         vectors = np.full_like(components["image"], np.nan)
         vectors[[order[i] for i in texts.column("image_id").to_pylist()]] = normalize(
             embeddings_or_nan(texts.column("embedding"))
@@ -55,16 +55,18 @@ def load_components(
 
 @task(cache_policy=NO_CACHE, name="classify")
 def classify_shard(
-    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource | None, weighting: str
+    root: str, shard: Shard, encoder_id: str, source: AnswerSource | None, weighting: str
 ) -> ShardResult:
-    sel = plan.selection
+    sel = shard.selection
     answers = source.run_keys() if source else IMAGE_ONLY_RUN
     keys = {**sel.keys(), "encoder": encoder_id, **answers, "class_weights": weighting}
-    path = shard_path(root, PREDICTIONS, keys, shard)
+    path = shard_path(root, PREDICTIONS, keys, shard.index)
 
     def compute():
-        manifest = read_table(shard_path(root, MANIFEST, sel.keys(), shard), columns=["image_id", "label"])
-        components = load_components(root, plan, shard, encoder_id, source)
+        manifest = read_table(
+            shard_path(root, MANIFEST, sel.keys(), shard.index), columns=["image_id", "label"]
+        )
+        components = load_components(root, shard, encoder_id, source)
         weights = read_class_weights(
             class_weights_path(
                 root, sel.dataset, encoder_id, weighting, source if weighting in NEEDS_DESCRIPTIONS else None

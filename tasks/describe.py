@@ -23,7 +23,7 @@ from storage.schemas import DESCRIPTIONS, IMAGE_EMBEDDINGS, MANIFEST
 from tasks.cache import ShardResult, cached_shard, exclusive
 from tasks.class_weights import class_weights_path, read_class_weights
 from tasks.classify import embeddings_or_nan
-from tasks.plan import ShardPlan
+from tasks.plan import Shard
 
 
 def answers_table(image_ids: list[str], answers: list[Answer], classes: list[list[int]] | None) -> pa.Table:
@@ -41,10 +41,10 @@ def answers_table(image_ids: list[str], answers: list[Answer], classes: list[lis
     )
 
 
-def ask(root: str, plan: ShardPlan, shard: int, source: AnswerSource, kind: str, ask_describer) -> tuple:
+def ask(root: str, shard: Shard, source: AnswerSource, ask_describer) -> tuple:
     """Decode the shard, let `ask_describer(describer, image_indices, images)` answer for the images
     that decoded, and record a decode error for the others."""
-    manifest = read_table(shard_path(root, MANIFEST, plan.selection.keys(), shard))
+    manifest = read_table(shard_path(root, MANIFEST, shard.selection.keys(), shard.index))
     images, errors = decode_manifest(manifest)
     ok = [i for i, im in enumerate(images) if im is not None]
     describer = load_describer(source.describer, source.max_new_tokens)
@@ -58,21 +58,21 @@ def ask(root: str, plan: ShardPlan, shard: int, source: AnswerSource, kind: str,
 
 
 @task(cache_policy=NO_CACHE, name="describe", tags=["gpu"], retries=2, retry_delay_seconds=5)
-def describe_shard(root: str, plan: ShardPlan, shard: int, source: AnswerSource) -> ShardResult:
-    keys = {**plan.selection.keys(), **source.answer_keys("description")}
+def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
+    keys = {**shard.selection.keys(), **source.answer_keys("description")}
 
     def compute():
-        ids, answers, spent = ask(
-            root, plan, shard, source, "description", lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT)
-        )
+        ids, answers, spent = ask(root, shard, source, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
         return answers_table(ids, answers, None), spent
 
-    return cached_shard(shard_path(root, DESCRIPTIONS, keys, shard), compute)
+    return cached_shard(shard_path(root, DESCRIPTIONS, keys, shard.index), compute)
 
 
-def shortlisted_classes(root: str, plan: ShardPlan, shard: int, encoder_id: str, k: int) -> list[list[int]]:
-    sel = plan.selection
-    images = read_table(shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard))
+def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> list[list[int]]:
+    sel = shard.selection
+    images = read_table(
+        shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard.index)
+    )
     weights = read_class_weights(class_weights_path(root, sel.dataset, encoder_id, SHORTLIST_WEIGHTING, None))
     scores = logits(np.nan_to_num(normalize(embeddings_or_nan(images.column("embedding")))), weights)
     return shortlist(scores, k)
@@ -80,24 +80,24 @@ def shortlisted_classes(root: str, plan: ShardPlan, shard: int, encoder_id: str,
 
 @task(cache_policy=NO_CACHE, name="predict", tags=["gpu"], retries=2, retry_delay_seconds=5)
 def predict_shard(
-    root: str, plan: ShardPlan, shard: int, source: AnswerSource, encoder_id: str | None = None
+    root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
 ) -> ShardResult:
     """`encoder_id` ranks the shortlist; it is unused (and may be None) without one."""
-    keys = {**plan.selection.keys(), **source.answer_keys("prediction", encoder_id)}
-    names = plan.class_names
+    keys = {**shard.selection.keys(), **source.answer_keys("prediction", encoder_id)}
+    names = shard.class_names
 
     def compute():
         listed = (
-            shortlisted_classes(root, plan, shard, encoder_id, source.shortlist)
+            shortlisted_classes(root, shard, encoder_id, source.shortlist)
             if source.shortlist
-            else [list(range(len(names)))] * len(plan.shards[shard])
+            else [list(range(len(names)))] * len(shard.rows)
         )
 
         def guess(describer, indices, images):
             class_lists = [[names[c] for c in listed[i]] for i in indices]
             return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
 
-        ids, answers, spent = ask(root, plan, shard, source, "prediction", guess)
+        ids, answers, spent = ask(root, shard, source, guess)
         return answers_table(ids, answers, listed if source.shortlist else None), spent
 
-    return cached_shard(shard_path(root, DESCRIPTIONS, keys, shard), compute)
+    return cached_shard(shard_path(root, DESCRIPTIONS, keys, shard.index), compute)

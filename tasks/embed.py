@@ -14,7 +14,7 @@ from storage.keys import AnswerSource
 from storage.paths import shard_path
 from storage.schemas import DESCRIPTIONS, IMAGE_EMBEDDINGS, MANIFEST, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard, exclusive
-from tasks.plan import ShardPlan
+from tasks.plan import Shard
 
 
 def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) -> pa.Array:
@@ -27,12 +27,12 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
 
 
 @task(cache_policy=NO_CACHE, name="embed-images", tags=["gpu"])
-def embed_images_shard(root: str, plan: ShardPlan, shard: int, encoder_id: str) -> ShardResult:
-    sel = plan.selection
-    path = shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard)
+def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
+    sel = shard.selection
+    path = shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard.index)
 
     def compute():
-        manifest = read_table(shard_path(root, MANIFEST, sel.keys(), shard))
+        manifest = read_table(shard_path(root, MANIFEST, sel.keys(), shard.index))
         images, errors = decode_manifest(manifest)
         encoder = load_encoder(encoder_id)
         present = [im is not None for im in images]
@@ -54,16 +54,18 @@ def embed_images_shard(root: str, plan: ShardPlan, shard: int, encoder_id: str) 
 
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=["gpu"])
 def embed_texts_shard(
-    root: str, plan: ShardPlan, shard: int, encoder_id: str, source: AnswerSource, kind: str
+    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: str
 ) -> ShardResult:
     """Embed one kind of answer ('description' or 'prediction') of one shard."""
-    sel = plan.selection
+    sel = shard.selection
     answer_keys = source.answer_keys(kind, encoder_id)
-    path = shard_path(root, TEXT_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id, **answer_keys}, shard)
+    keys = {**sel.keys(), "encoder": encoder_id, **answer_keys}
+    path = shard_path(root, TEXT_EMBEDDINGS, keys, shard.index)
 
     def compute():
         answers = read_table(
-            shard_path(root, DESCRIPTIONS, {**sel.keys(), **answer_keys}, shard), columns=["image_id", "text"]
+            shard_path(root, DESCRIPTIONS, {**sel.keys(), **answer_keys}, shard.index),
+            columns=["image_id", "text"],
         )
         texts = answers.column("text").to_pylist()
         present = [t is not None for t in texts]

@@ -9,15 +9,15 @@ from sources.registry import open_dataset
 from storage.paths import shard_path
 from storage.schemas import MANIFEST
 from tasks.cache import ShardResult, cached_shard
-from tasks.plan import ShardPlan
+from tasks.plan import Shard
 
 
 @task(cache_policy=NO_CACHE, name="ingest")
-def ingest_shard(root: str, plan: ShardPlan, shard: int) -> ShardResult:
-    sel = plan.selection
-    path = shard_path(root, MANIFEST, sel.keys(), shard)
+def ingest_shard(root: str, shard: Shard) -> ShardResult:
+    sel = shard.selection
+    path = shard_path(root, MANIFEST, sel.keys(), shard.index)
 
     def compute():
-        return open_dataset(sel.dataset, sel.split).manifest(plan.shards[shard]), 0
+        return open_dataset(sel.dataset, sel.split).manifest(shard.rows), 0
 
     return cached_shard(path, compute)

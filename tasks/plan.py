@@ -13,10 +13,24 @@ from storage.keys import Selection
 
 
 @dataclass(frozen=True)
+class Shard:
+    """One shard of a planned split: all a shard task needs. Tasks get this, never the whole plan:
+    Prefect walks every task's parameters, so a plan of all rows cost O(dataset) per task."""
+
+    selection: Selection
+    index: int
+    rows: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ShardPlan:
     selection: Selection
     class_names: tuple[str, ...]
     shards: tuple[tuple[int, ...], ...]
+
+    def shard(self, index: int) -> Shard:
+        return Shard(self.selection, index, self.shards[index], self.class_names)
 
 
 def select_rows(num_rows: int, limit: int | None, seed: int | None) -> list[int]:

@@ -91,7 +91,7 @@ def test_bad_images_are_recorded_and_excluded_end_to_end(prefect_server, tmp_pat
     (data / "test" / "dog" / "moved.jpg").write_bytes(GOOD)
     dataset, root = f"imagefolder:{data}", tmp_path / "root"
     plan = plan_dataset.fn(Selection(dataset, "test", shard_size=64))
-    ingest_shard.fn(str(root), plan, 0)  # the manifest records moved.jpg's URI...
+    ingest_shard.fn(str(root), plan.shard(0))  # the manifest records moved.jpg's URI...
     (data / "test" / "dog" / "moved.jpg").unlink()  # ...then the file goes away
     result = benchmark(
         datasets=[dataset],
