@@ -11,6 +11,9 @@ export PREFECT_SERVER_UI_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export TOKENIZERS_PARALLELISM ?= false
+# torch's OpenMP threads sleep instead of spinning while they wait: the same speed on an idle
+# machine, up to 3x faster on a shared one (docs/BENCHMARKS.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 # A local Prefect server for deployments: SQLite under .prefect/, on 127.0.0.1 only.
 PREFECT_PORT ?= 4200

@@ -1,17 +1,20 @@
 """Performance figures of wdys, each measured side by side in one run and printed as a ratio with
 its target (these machines are noisy: only ratios from one run are compared).
 
-    python -m benchmarks.bench [--only pipeline queries offline] [--images N]
+    python -m benchmarks.bench [--only SECTION ...] [--images N] [--clip-images N] ...
 
 Sections (issue "Performance"; results and the machine they ran on go in docs/BENCHMARKS.md):
+- clip_benchmark: the flow's image-only baseline against `clip_benchmark eval` on CIFAR-10 test,
+  ViT-B-32 with random weights, batch 64, both as cold processes (target: flow <= 1.05x);
 - pipeline: the offline-profile benchmark flow, cold, against the time spent inside model forward
   passes during the same run (target: overhead <= 10%), then fully cached (target: <= 5% of cold);
+- memory: peak memory of the flow process on CIFAR-10 test repeated 1x and 10x (target: <= 1.2x);
+- describer: the transformers describer against a bare `generate` loop at batch sizes 1, 8 and 16
+  (target: within 10%), and the speed-up of batching;
 - queries: the metrics view over 1M, 3M and 10M synthetic prediction rows (target: < 10 s at 10M,
   linear in rows);
 - offline: the offline encoder's images/s through `encode_images` against its raw forward passes,
-  at several batch sizes, with and without channels_last.
-Not implemented here yet: the CLIP_benchmark comparison, the transformers describer against a bare
-`generate` loop, and peak memory at 1x and 10x the images (see docs/BENCHMARKS.md).
+  at several batch sizes, with and without channels_last (benchmarks.offline_trials tries more).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def verdict(name: str, value: float, target: str, met: bool, raw: str) -> dict:
-    line = f"{name:<48} {value:>10.3f}   target {target:<14} {'MET' if met else 'MISSED'}   ({raw})"
+    """Print one figure as `name value target MET/MISSED (raw numbers)`; return it as a row."""
+    line = f"{name:<48} {value:>10.3f}   target {target:<18} {'MET' if met else 'MISSED'}   ({raw})"
     print(line, flush=True)
     return {"figure": name, "value": value, "target": target, "met": met, "raw": raw}
 
@@ -213,18 +217,191 @@ def offline(batch_sizes: tuple[int, ...] = (16, 64, 128), images: int = 256) -> 
     return results
 
 
-SECTIONS = {"pipeline": pipeline, "queries": queries, "offline": offline}
+TINY_OPEN_CLIP = {
+    "model_cfg": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16, "head_width": 64},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+    },
+    "preprocess_cfg": {
+        "size": 64,
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    },
+}
+
+
+def tiny_open_clip_dir(folder: Path) -> str:
+    """A small random open_clip model in the `local-dir:` layout; returns its encoder id. The
+    memory figure is about the data the flow holds, not the model, so a small model keeps the 10x
+    run short."""
+    import json
+
+    import open_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP["model_cfg"])
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return f"open_clip:local-dir:{folder}"
+
+
+def repeated_cifar10_test(folder: Path, times: int) -> str:
+    """CIFAR-10 test `times` over, as `test-0000i-of-0000n.parquet` files (the Hugging Face layout of
+    a large split); returns the dataset id."""
+    import shutil
+
+    from sources.registry import shared_datasets_dir
+
+    source = shared_datasets_dir() / "cifar10"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(times):
+        shutil.copyfile(source / "test.parquet", folder / f"test-{i:05d}-of-{times:05d}.parquet")
+    shutil.copyfile(source / "classes.json", folder / "classes.json")
+    return f"parquet:{folder}"
+
+
+PEAK_PROBE = (
+    "import resource, sys\n"
+    "from flows.benchmark import main\n"
+    "main(sys.argv[1:])\n"
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+)
+
+
+def run_flow_process(args: list[str]) -> tuple[float, float, str]:
+    """Peak resident memory (MiB), wall time (s) and output of one `python -m flows.benchmark`
+    process, timed from its start: imports, the temporary Prefect server and model loads included."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE, *args], capture_output=True, text=True, env=env, check=False
+    )
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"flow failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    peak_kib = int(done.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    return peak_kib / 1024, wall, done.stdout
+
+
+def memory(scales: tuple[int, int] = (1, 10)) -> list[dict]:
+    """Peak memory of the flow process on CIFAR-10 test and on it repeated `scales[1]` times
+    (image-only flow, small random open_clip model, default shard size)."""
+    small, large = scales
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder = tiny_open_clip_dir(Path(tmp) / "model")
+        for times in scales:
+            dataset = repeated_cifar10_test(Path(tmp) / f"x{times}", times)
+            args = ["--datasets", dataset, "--splits", "test", "--image-only", "--encoders", encoder]
+            args += ["--class-weights", "templates", "--root", str(Path(tmp) / f"root{times}")]
+            peak, wall, out = run_flow_process(args)
+            assert f" {10_000 * times} " in out, "the run did not cover every image"
+            peaks[times] = (peak, wall)
+            print(
+                f"  {times:>2}x ({10_000 * times} images): peak {peak:.0f} MiB, wall {wall:.1f} s", flush=True
+            )
+    ratio = peaks[large][0] / peaks[small][0]
+    raw = ", ".join(f"{t}x: {p:.0f} MiB in {w:.0f} s" for t, (p, w) in peaks.items())
+    return [verdict(f"peak memory {large}x images / {small}x", ratio, "<= 1.2", ratio <= 1.2, raw)]
+
+
+def image_only_metrics(root: Path) -> dict:
+    """The image-only baseline's row of the `metrics` view (templates weighting)."""
+    import duckdb
+
+    with duckdb.connect(str(root / "wdys.duckdb"), read_only=True) as con:
+        return con.sql("select * from metrics where describer = 'none'").to_arrow_table().to_pylist()[0]
+
+
+def clip_benchmark(images: int | None = None, batch_size: int = 64, workers: int = 2) -> list[dict]:
+    """The flow's image-only baseline against `clip_benchmark eval` on the same CIFAR-10 test images,
+    the same ViT-B-32 checkpoint (random weights: the same compute as pretrained ones), batch size and
+    class-weight work; both timed as whole processes from a cold start."""
+    from benchmarks import clip_benchmark_peer as peer
+    from sources.registry import shared_datasets_dir
+
+    python = peer.ensure_env()
+    sample = ["--limit", str(images), "--sample-seed", "0"] if images else []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        checkpoint = peer.random_checkpoint("ViT-B-32", folder / "vit-b-32-random.safetensors")
+        wds = peer.export_webdataset(
+            shared_datasets_dir() / "cifar10" / "test.parquet",
+            folder / "cifar10",
+            shards=workers,
+            limit=images,
+            sample_seed=0 if images else None,
+        )
+        theirs = peer.run_clip_benchmark(python, wds, checkpoint, batch_size=batch_size, num_workers=workers)
+        print(f"  clip_benchmark eval: {theirs['wall_s']:.1f} s, acc1 {theirs['acc1']:.4f}", flush=True)
+        args = ["--splits", "test", "--image-only", "--encoders", f"open_clip:ViT-B-32/{checkpoint}"]
+        args += ["--class-weights", "templates", "--root", str(folder / "root"), *sample]
+        _, wall, _ = run_flow_process(args)
+        ours = image_only_metrics(folder / "root")
+        print(f"  benchmark flow:      {wall:.1f} s, acc1 {ours['top1'] / 100:.4f}", flush=True)
+    ratio = wall / theirs["wall_s"]
+    raw = (
+        f"flow {wall:.1f} s, clip_benchmark {theirs['wall_s']:.1f} s, {theirs['images']} images, "
+        f"batch {batch_size}; top-1 {ours['top1']:.2f} % vs {100 * theirs['acc1']:.2f} %"
+    )
+    same = abs(ours["top1"] - 100 * theirs["acc1"]) < 0.05 and ours["n"] == theirs["images"]
+    return [
+        verdict("image-only flow / clip_benchmark eval (wall)", ratio, "<= 1.05", ratio <= 1.05, raw),
+        verdict("same top-1 as clip_benchmark (1 = yes)", float(same), "1", same, raw),
+    ]
+
+
+def describer(images: int, max_new_tokens: int, on_cpu: bool = False) -> list[dict]:
+    """The transformers describer against a bare `generate` loop (benchmarks.describer_bench) at
+    batch sizes 1, 8 and 16, SmolVLM-256M's architecture with random weights. Needs a GPU: on these
+    2 cores one image takes about 30 s, so it runs on the CPU only when asked (`--describer-on-cpu`),
+    with one 512 px tile per image instead of the published 4x4 tiling."""
+    from benchmarks import describer_bench
+
+    if not (torch.cuda.is_available() or on_cpu):
+        print("  skipped: no GPU (about 30 s per image on 2 cores); --describer-on-cpu runs it anyway")
+        return []
+    splitting = torch.cuda.is_available()
+    rows = describer_bench.run(images, max_new_tokens, (1, 8, 16), image_splitting=splitting)
+    return describer_bench.report(rows)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
+    "clip_benchmark": lambda a: clip_benchmark(a.clip_images),
+    "pipeline": lambda a: pipeline(a.images),
+    "memory": lambda a: memory(tuple(a.memory_scales)),
+    "describer": lambda a: describer(a.describer_images, a.describer_tokens, a.describer_on_cpu),
+    "queries": lambda a: queries(),
+    "offline": lambda a: offline(),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--images", type=int, default=10_000, help="images of CIFAR-10 test for `pipeline`")
+    parser.add_argument("--images", type=int, default=2_000, help="CIFAR-10 test images for `pipeline`")
+    parser.add_argument("--clip-images", type=int, default=None, help="sample for `clip_benchmark` (all)")
+    parser.add_argument("--memory-scales", type=int, nargs=2, default=[1, 10], help="times CIFAR-10 test")
+    parser.add_argument("--describer-images", type=int, default=16)
+    parser.add_argument("--describer-tokens", type=int, default=16, help="max_new_tokens of `describer`")
+    parser.add_argument("--describer-on-cpu", action="store_true", help="run `describer` without a GPU")
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
+    figures = []
     for name in args.only:
         print(f"== {name}", flush=True)
-        SECTIONS[name](args.images) if name == "pipeline" else SECTIONS[name]()
+        figures += SECTIONS[name](args)
+    print("\n== summary")
+    for f in figures:
+        state = "MET" if f["met"] else "MISSED"
+        print(f"{f['figure']:<48} {f['value']:>10.3f}   target {f['target']:<18} {state}")
 
 
 if __name__ == "__main__":
