@@ -36,6 +36,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")  # the temporary server's shutdown noise
 
 
 def verdict(name: str, value: float, target: str, met: bool, raw: str) -> dict:
@@ -264,11 +265,14 @@ def repeated_cifar10_test(folder: Path, times: int) -> str:
     return f"parquet:{folder}"
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec, so a
+# child of a large benchmark process would report the parent's peak.
 PEAK_PROBE = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from flows.benchmark import main\n"
     "main(sys.argv[1:])\n"
-    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    "status = open('/proc/self/status').read()\n"
+    "print('PEAK_RSS_KB', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
 )
 
 
