@@ -336,6 +336,9 @@ def clip_benchmark(images: int | None = None, batch_size: int = 64, workers: int
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         checkpoint = peer.random_checkpoint("ViT-B-32", folder / "vit-b-32-random.safetensors")
+        ours_digest, theirs_digest = peer.weights_digests(python, "ViT-B-32", checkpoint)
+        if ours_digest != theirs_digest:  # checked before timing: both sides must run the same weights
+            raise RuntimeError(f"the two sides load different weights: {ours_digest} != {theirs_digest}")
         wds = peer.export_webdataset(
             shared_datasets_dir() / "cifar10" / "test.parquet",
             folder / "cifar10",
