@@ -71,10 +71,12 @@ DESCRIPTIONS = Table(
     ),
 )
 
+# Encoder outputs are at version 2 and up since open_clip models follow their weights' activation
+# (QuickGELU for OpenAI's): embeddings of the earlier GELU builds must not be reused.
 IMAGE_EMBEDDINGS = Table(
     "image_embeddings",
     _DATA_KEYS + ("encoder",),
-    1,
+    2,
     (
         pa.field("image_id", pa.string(), nullable=False),
         _embedding("embedding"),  # null when the image could not be read
@@ -85,7 +87,7 @@ IMAGE_EMBEDDINGS = Table(
 TEXT_EMBEDDINGS = Table(
     "text_embeddings",
     _DATA_KEYS + ("encoder",) + _IMAGE_ANSWER_KEYS,
-    2,
+    3,
     (
         pa.field("image_id", pa.string(), nullable=False),
         _embedding("embedding"),  # null when the describer gave no answer
@@ -113,7 +115,7 @@ CLASS_DESCRIPTIONS = Table(
 CLASS_WEIGHTS = Table(
     "class_weights",
     ("dataset", "encoder", "class_weights") + _ANSWER_KEYS,
-    1,
+    2,
     (
         pa.field("class_index", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
@@ -126,7 +128,7 @@ CLASS_WEIGHTS = Table(
 PREDICTIONS = Table(
     "predictions",
     _DATA_KEYS + ("encoder", "describer", "prompts", "gen", "shortlist", "class_weights"),
-    2,
+    3,
     (
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),
