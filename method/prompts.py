@@ -24,6 +24,9 @@ CLASS_DESCRIPTION_PROMPTS = (
     "A short caption of an image of a {c}:",
 )
 
+# The authors' code averages 50 class descriptions per class: 10 samples of each of the 5 prompts.
+CLASS_DESCRIPTIONS_PER_CLASS = 50
+
 SINGLE_TEMPLATE = "A photo of {c}"
 
 

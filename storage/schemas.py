@@ -56,10 +56,11 @@ MANIFEST = Table(
 # (a shortlist of classes ranked by an encoder) than a description does.
 _IMAGE_ANSWER_KEYS = ("describer", "kind", "prompts", "gen", "shortlist")
 
+# Answers are at version 3 and up since `truncated` is recorded and no transient failure is stored.
 DESCRIPTIONS = Table(
     "descriptions",
     _DATA_KEYS + _IMAGE_ANSWER_KEYS,
-    2,
+    3,
     (
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("text", pa.string()),
@@ -68,6 +69,7 @@ DESCRIPTIONS = Table(
         pa.field("completion_tokens", pa.int64()),
         pa.field("error", pa.string()),
         pa.field("classes", pa.list_(pa.int64())),  # the class indices a shortlisted prompt listed
+        pa.field("truncated", pa.bool_()),  # the answer stopped at the token limit
     ),
 )
 
@@ -98,7 +100,7 @@ TEXT_EMBEDDINGS = Table(
 CLASS_DESCRIPTIONS = Table(
     "class_descriptions",
     ("dataset",) + _ANSWER_KEYS,
-    1,
+    2,
     (
         pa.field("class_index", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
@@ -109,6 +111,7 @@ CLASS_DESCRIPTIONS = Table(
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
         pa.field("error", pa.string()),
+        pa.field("truncated", pa.bool_()),
     ),
 )
 
