@@ -40,6 +40,7 @@ from storage.analysis import ANSWER_KEYS, BASELINE, average_interval, run_rows, 
 from storage.catalog import RUN_KEYS, connect, refresh_catalog
 from storage.io import filesystem
 from storage.paths import NONE, partition_value, resolve_root
+from tasks.evaluate import baseline_checks, with_published
 
 MAIN_WEIGHTING = "templates"
 DATA_KEYS = ("dataset", "split", "subset")
@@ -116,7 +117,7 @@ def collect(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, s
         ]
         return ReportData(
             runs=runs,
-            metrics=rows("metrics", runs),
+            metrics=with_published(con, rows("metrics", runs)) if "metrics" in views else [],
             gains=with_intervals(rows("gains", runs), resamples, seed),
             per_class=rows("per_class", main),
             confusion=rows("confusion", small),
@@ -509,6 +510,15 @@ def build(data: ReportData) -> Doc:
                 )
         per_class_section(doc, data, group, main, datasets, metrics, prefix)
     cost_section(doc, data)
+    checks = baseline_checks(data.metrics)
+    if checks:
+        doc.heading("Image-only baseline against published figures")
+        doc.para(
+            "open_clip's published zero-shot top-1 for the same model, tag and dataset (made with "
+            "CLIP_benchmark on the full evaluation split, see storage/reference/README.md)."
+        )
+        for line in checks:
+            doc.para(line.removeprefix("published baseline: "))
     doc.heading("All metrics")
     doc.para("The `metrics` view's rows of this run (top-1, top-5 and mean per-class recall in percent).")
     doc.table(
