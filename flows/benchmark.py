@@ -45,6 +45,8 @@ DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
 def pick_describers(encoders: list[str], describers: list[str] | None) -> list[str]:
     """The offline stand-in describer goes only with offline encoders: paired with a real CLIP it
     would give numbers that look like the method's and are not."""
+    for e in encoders:  # a typo in an encoder id is the error to show first
+        validate_encoder_id(e)
     if describers is not None:
         return describers
     if all(e.startswith("offline:") for e in encoders):
