@@ -34,6 +34,7 @@ from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
 from backends.hf_spec import (
     CLASS_TEMPERATURE,
     UNRESOLVED,
+    hub_cache,
     is_local,
     parse_spec,
     settings_for,
@@ -260,6 +261,8 @@ def _from_pretrained(spec: str, settings: dict[str, object]) -> tuple[ProcessorM
     options: dict[str, object] = {"trust_remote_code": trust_remote_code()}
     if revision:
         options["revision"] = pinned or revision
+    if not is_local(name):
+        options["cache_dir"] = str(hub_cache())  # the cache the revision was read from
     device = pick_device()
     # The config first: cheap, and it names a model that needs its own code before anything runs.
     AutoConfig.from_pretrained(name, **options)

@@ -59,7 +59,8 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def _hub_cache() -> Path:
+def hub_cache() -> Path:
+    """HF_HUB_CACHE or HF_HOME/hub as the environment says now (huggingface_hub reads it at import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     if os.environ.get("HF_HOME"):
@@ -87,7 +88,7 @@ def _resolve(repo: str, cache: Path, offline: bool) -> str:
 
 def resolve_revision(repo: str) -> str:
     """The commit `main` of a hub repo points to; never asks the network when HF_HUB_OFFLINE=1."""
-    return _resolve(repo, _hub_cache(), _offline())
+    return _resolve(repo, hub_cache(), _offline())
 
 
 @functools.cache
