@@ -24,12 +24,12 @@ from prefect_dask import DaskTaskRunner
 from pydantic import Field
 
 from backends.registry import validate_describer_id, validate_encoder_id
-from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
+from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING
 from storage.errors import UserError
 from storage.keys import IMAGE_ONLY_RUN, AnswerSource, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
-from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_task, describe_classes
+from tasks.class_weights import class_weights_task, describe_classes
 from tasks.classify import classify_shard
 from tasks.describe import answer_source, describe_shard, predict_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
@@ -99,7 +99,7 @@ def task_threads() -> int:
 
 # Typed parameters: Prefect turns them into the deployment's JSON schema, so the server refuses a
 # wrong value before a run starts.
-ClassWeighting = Literal["name", "template", "templates", "descriptions", "sum"]
+ClassWeighting = Literal[CLASS_WEIGHTINGS]  # type: ignore[valid-type]
 Positive = Annotated[int, Field(ge=1)]
 Names = Annotated[list[str], Field(min_length=1)]
 
