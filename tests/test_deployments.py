@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +16,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from process_support import REPO, free_port, start, stop
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUICK_PARAMS = [
     "--param",
@@ -31,35 +29,6 @@ QUICK_PARAMS = [
     "--param",
     "class_samples=1",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole group, then SIGKILL (a 3.9 worker ignores the first SIGTERM)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)  # nothing of the group is left behind
 
 
 def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
