@@ -1,6 +1,7 @@
-"""The Prefect deployments of wdys, and the work pool they run on. `make deploy` (or `python -m
-deployments.deploy`) applies them to the server at $PREFECT_API_URL; running it again updates them
-in place. The pool, its type, the job variables (image, env, any other) and where workers find the
+"""The Prefect deployments of wdys and their work pool, applied to the server at $PREFECT_API_URL.
+
+`make deploy` (or `python -m deployments.deploy`) applies them; running it again updates them in
+place. The pool, its type, the job variables (image, env, any other) and where workers find the
 code are settings (`--help`), not code: the default is the local process pool `wdys-process`
 running this checkout.
 
@@ -21,6 +22,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,9 +145,9 @@ async def ensure_pool(target: Target) -> None:
             )
 
 
-def key_values(pairs: list[str], what: str, parse=str) -> dict:
+def key_values(pairs: list[str], what: str, parse: Callable[[str], object] = str) -> dict[str, object]:
     """`KEY=VALUE` arguments as a dict; a value is parsed with `parse` (json.loads for variables)."""
-    out = {}
+    out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:

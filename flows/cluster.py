@@ -66,13 +66,14 @@ def dask_task_runner() -> PlacedDaskTaskRunner:
 
 
 def check_cluster(root: str) -> None:
-    """Fail before any task when the run is on Dask and its model tasks could never be placed, or
-    when the workers of a remote cluster cannot see `root`. Does nothing off Dask."""
+    """On a cluster at $WDYS_DASK_ADDRESS, fail before any task when no worker could take the model
+    tasks or a worker cannot see `root`. Off Dask, or on a local cluster (processes of this machine,
+    each offering the resource), there is nothing to check."""
     context = FlowRunContext.get()
     runner = context.task_runner if context else None
     if not isinstance(runner, PlacedDaskTaskRunner):
         return
-    if runner.address:  # a local cluster's workers are processes of this machine, offering the GPU
+    if runner.address:
         check_gpu_workers(runner.client)
         check_root_shared(runner.client, root)
 
