@@ -90,9 +90,9 @@ def ensure_limit(name: str) -> None:
 
 @contextmanager
 def gpu_slot(model: object) -> Iterator[None]:
-    """Hold a slot of the Prefect global concurrency limit of the model's device on this host, named from the
-    prefix $WDYS_GPU_LIMIT (deployments set `gpu`), strictly. Local runs without a server leave the
-    variable unset and take no slot."""
+    """Hold a slot of the Prefect global concurrency limit of the model's device on this host (named
+    from the prefix $WDYS_GPU_LIMIT, which deployments set to `gpu`), strictly. Local runs without a
+    server leave the variable unset and take no slot."""
     prefix = os.environ.get(GPU_LIMIT_ENV)
     if not prefix:
         yield

@@ -115,7 +115,9 @@ def test_cluster_gives_the_thread_pool_metrics_with_models_on_the_gpu_worker(
 ):
     root = str(tmp_path / "shared") if where == "local" else f"s3://{BUCKET}/cluster"
     result = on_cluster(cluster)(root=root, **PARAMS)
-    assert result["shards_computed"] == local_run["shards_computed"] > 0
+    # Every shard once (a task rerun after a lost worker finds that worker's shard: it counts as cached)
+    total = local_run["shards_computed"] + local_run["shards_cached"]
+    assert result["shards_computed"] + result["shards_cached"] == total == local_run["shards_computed"] > 0
     a, b = by_key(local_run["metrics"]), by_key(result["metrics"])
     assert len(a) == len(b) == 2 * 7
     for x, y in zip(a, b, strict=True):
