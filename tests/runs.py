@@ -1,0 +1,21 @@
+"""What several test modules share about a run: comparing the metrics of two runs."""
+
+from __future__ import annotations
+
+import pytest
+
+RUN_ONLY = ("published_top1",)  # added to the printed rows, not a column of the `metrics` view
+
+
+def metric_key(row: dict) -> tuple:
+    return (row["encoder"], row["describer"], row["class_weights"], row["components"])
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], rows: int) -> None:
+    """The same metrics rows, floats to rounding (DuckDB may sum in another order)."""
+    a, b = (
+        [{k: v for k, v in r.items() if k not in RUN_ONLY} for r in sorted(x, key=metric_key)] for x in (a, b)
+    )
+    assert len(a) == len(b) == rows
+    for x, y in zip(a, b, strict=True):
+        assert x == pytest.approx(y)
