@@ -19,3 +19,27 @@ def assert_same_metrics(a: list[dict], b: list[dict], rows: int) -> None:
     assert len(a) == len(b) == rows
     for x, y in zip(a, b, strict=True):
         assert x == pytest.approx(y)
+
+
+def tiny_run(limit: int = 8, shard_size: int = 4, seed: int | None = 0, **overrides: object) -> dict:
+    """Flow parameters of a small CIFAR-10 dev run: a few shards, one class description per prompt."""
+    params = {
+        "datasets": ["cifar10"],
+        "splits": ["dev"],
+        "limit": limit,
+        "sample_seed": seed,
+        "shard_size": shard_size,
+        "class_samples": 1,
+    }
+    return {**params, **overrides}
+
+
+def cli_args(params: dict) -> list[str]:
+    """The same run as `python -m flows.benchmark` flags."""
+    args: list[str] = []
+    for name, value in params.items():
+        if value is None:
+            continue
+        args.append("--" + name.replace("_", "-"))
+        args += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return args

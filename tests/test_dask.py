@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+from runs import tiny_run
 
 from flows.benchmark import benchmark, benchmark_on_dask
 
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=16,
-    sample_seed=3,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name", "descriptions"],
-)
+PARAMS = tiny_run(limit=16, seed=3, class_weights=["name", "descriptions"])
 
 
 def predictions(root) -> list[dict]:

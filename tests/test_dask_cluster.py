@@ -18,6 +18,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 from process_support import REPO, free_port, start, stop
+from runs import tiny_run
 from s3_support import moto_s3
 
 from flows.benchmark import benchmark
@@ -28,15 +29,7 @@ from storage.io import filesystem
 pytestmark = pytest.mark.slow
 
 BUCKET = "wdys-cluster"
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=32,
-    sample_seed=5,
-    shard_size=16,
-    class_samples=1,
-    class_weights=["name", "descriptions"],
-)
+PARAMS = tiny_run(limit=32, seed=5, shard_size=16, class_weights=["name", "descriptions"])
 MODEL_TABLES = ("descriptions", "image_embeddings", "text_embeddings", "class_descriptions", "class_weights")
 OTHER_TABLES = ("manifest", "predictions")
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from botocore.exceptions import BotoCoreError
-from runs import assert_same_metrics
+from runs import assert_same_metrics, tiny_run
 from s3_support import moto_s3
 
 from flows.benchmark import benchmark
@@ -28,15 +28,7 @@ BUCKET, PREFIX = "wdys-test", "runs/quick"
 ROOT = f"s3://{BUCKET}/{PREFIX}"
 UNIT = f"s3://{BUCKET}/unit"  # objects of the write tests, outside the benchmark root
 KEY_ID, SECRET = "AKIAWDYSSENTINEL0042", "wdys-sentinel-secret-7f3c9a1e"
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=8,
-    sample_seed=1,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name", "template"],
-)
+PARAMS = tiny_run(seed=1, class_weights=["name", "template"])
 
 
 def fresh_fs() -> s3fs.S3FileSystem:

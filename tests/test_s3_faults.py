@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from runs import assert_same_metrics
+from runs import assert_same_metrics, cli_args, tiny_run
 from s3_support import moto_s3
 
 from flows.benchmark import benchmark
@@ -34,17 +34,8 @@ from tasks.evaluate import format_table
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "wdys-faults"
 CLEAN, FAULTY, SHARED = (f"s3://{BUCKET}/{name}" for name in ("clean", "faulty", "shared"))
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=8,
-    sample_seed=2,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name"],
-)
-ARGS = ["--datasets", "cifar10", "--splits", "dev", "--limit", "8", "--sample-seed", "2",
-        "--shard-size", "4", "--class-samples", "1", "--class-weights", "name"]  # fmt: skip
+PARAMS = tiny_run(seed=2, class_weights=["name"])
+ARGS = cli_args(PARAMS)
 SHARD_TABLES = {
     "manifest",
     "descriptions",
