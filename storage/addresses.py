@@ -5,7 +5,7 @@ it reads cannot disagree."""
 from __future__ import annotations
 
 from method.fusion import WEIGHTINGS
-from storage.keys import IMAGE_ONLY_RUN, NO_ANSWERS, AnswerSource, Selection
+from storage.keys import NO_ANSWERS, AnswerSource, Selection, run_keys
 from storage.paths import shard_path
 from storage.schemas import (
     CLASS_DESCRIPTIONS,
@@ -57,6 +57,4 @@ def predictions_shard(
     root: str, selection: Selection, encoder: str, source: AnswerSource | None, weighting: str, index: int
 ) -> str:
     """Without a source: the image-only baseline's predictions."""
-    answers = source.run_keys() if source else IMAGE_ONLY_RUN
-    keys = {**selection.keys(), "encoder": encoder, **answers, "class_weights": weighting}
-    return shard_path(root, PREDICTIONS, keys, index)
+    return shard_path(root, PREDICTIONS, run_keys(selection, encoder, source, weighting), index)

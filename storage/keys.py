@@ -113,6 +113,15 @@ def run_answer_keys(run: dict[str, str]) -> list[dict[str, str]]:
     return keys
 
 
+def run_keys(
+    selection: Selection, encoder: str, source: AnswerSource | None, weighting: str
+) -> dict[str, str]:
+    """The keys of one run (a `predictions` partition): data, encoder, answer source, weighting;
+    without a source, the image-only baseline's."""
+    answers = source.run_keys() if source else IMAGE_ONLY_RUN
+    return {**selection.keys(), "encoder": encoder, **answers, "class_weights": weighting}
+
+
 NO_ANSWERS = {"describer": NONE, "prompts": NONE, "gen": NONE}
 
 # Run keys of the image-only baseline (plain zero-shot, no describer: `describers=[]`).
