@@ -25,6 +25,7 @@ from pydantic import Field
 
 from backends.registry import validate_describer_id, validate_encoder_id
 from flows import stages
+from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
 from storage.errors import UserError
@@ -211,22 +212,17 @@ benchmark_on_dask = benchmark.with_options(task_runner=dask_task_runner())
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.benchmark`: the flow's parameters as flags (flows.cli), plus `--image-only`
+    (no describer) and `--dask`."""
     parser = argparse.ArgumentParser(
         prog="python -m flows.benchmark",
-        description=benchmark.description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=benchmark.description.split("\n\n")[0],
         epilog="Runs locally without a Prefect server (a temporary one starts in-process).",
     )
-    parser.add_argument("--datasets", nargs="+", default=["cifar10"], help="dataset names (default: cifar10)")
-    parser.add_argument("--splits", nargs="+", default=["dev"], help="splits (default: dev)")
-    parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="encoder model ids")
+    add_flow_parameters(parser, benchmark, skip=("describers",))
     describers = parser.add_mutually_exclusive_group()
-    describers.add_argument(
-        "--describers",
-        nargs="+",
-        default=None,
-        help="describer model ids (default: the offline stand-in, with offline encoders only)",
-    )
+    schema = benchmark.parameters.model_dump()["properties"]["describers"]
+    describers.add_argument("--describers", **argument("describers", schema["anyOf"][0] | schema))
     describers.add_argument(
         "--image-only",
         action="store_const",
@@ -235,52 +231,16 @@ def main(argv: list[str] | None = None) -> None:
         help="no describer: the plain zero-shot baseline alone (image embeddings only)",
     )
     parser.add_argument(
-        "--class-weights",
-        nargs="+",
-        default=list(CLASS_WEIGHTINGS),
-        choices=CLASS_WEIGHTINGS,
-        help="class weightings",
-    )
-    parser.add_argument(
-        "--root", default=None, help="storage root, any fsspec URL (default: $WDYS_ROOT or ./data)"
-    )
-    parser.add_argument("--limit", type=int, default=None, help="images per split")
-    parser.add_argument("--sample-seed", type=int, default=None, help="seed of the sample taken with --limit")
-    parser.add_argument("--shard-size", type=int, default=256, help="images per shard")
-    parser.add_argument("--max-new-tokens", type=int, default=77, help="describer answer length")
-    parser.add_argument(
-        "--class-samples",
-        type=int,
-        default=None,
-        help="class descriptions per prompt and class (default: 10, the paper's 50 per class; offline: 3)",
-    )
-    parser.add_argument(
-        "--shortlist", type=int, default=None, help="list only the top-k classes in the guess prompt"
-    )
-    parser.add_argument(
         "--dask",
         action="store_true",
         help="run shard tasks on Dask: $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS",
     )
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
     try:  # before Prefect records the parameters: a root holding credentials must not be stored
-        resolve_root(args.root)
+        resolve_root(args["root"])
     except ValueError as exc:
         parser.error(str(exc))
-    (benchmark_on_dask if args.dask else benchmark)(
-        datasets=args.datasets,
-        splits=args.splits,
-        encoders=args.encoders,
-        describers=args.describers,
-        class_weights=args.class_weights,
-        root=args.root,
-        limit=args.limit,
-        sample_seed=args.sample_seed,
-        shard_size=args.shard_size,
-        max_new_tokens=args.max_new_tokens,
-        class_samples=args.class_samples,
-        shortlist=args.shortlist,
-    )
+    (benchmark_on_dask if args.pop("dask") else benchmark)(**args)
 
 
 if __name__ == "__main__":
