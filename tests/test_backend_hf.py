@@ -26,7 +26,7 @@ from transformers import (
 from backends.base import Answer, Describer
 from backends.hf_describer import HFDescriber, _completion_length
 from backends.registry import load_describer
-from sources.registry import shared_datasets_dir
+from sources.benchmarks import EMBEDDED_DATASETS
 
 MAX_NEW_TOKENS = 8
 PROMPT = "Describe the image."
@@ -139,7 +139,7 @@ def describer(model_dir: Path) -> HFDescriber:
 @pytest.fixture(scope="module")
 def photos() -> list[Image.Image]:
     """Three real CIFAR-10 photographs, resized apart so that their prompts differ in length."""
-    path = shared_datasets_dir() / "cifar10" / "dev.parquet"
+    path = EMBEDDED_DATASETS / "cifar10" / "dev.parquet"
     if not path.exists():
         pytest.skip(f"no local CIFAR-10 dev split at {path}")
     rows = next(pq.ParquetFile(path).iter_batches(batch_size=3, columns=["img"])).to_pylist()
