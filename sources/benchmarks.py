@@ -6,7 +6,7 @@ list comes from), whatever the data calls its classes. The data is read from the
 1. `$WDYS_<NAME>_DIR` (e.g. `WDYS_IMAGENET1K_DIR`), a copy the user already holds;
 2. `$WDYS_DATA_DIR/<name>/`;
 3. the team's shared copy, `shared/datasets/<name>/` (see `shared_datasets_dir`);
-4. the copy shipped with the package, `sources/data/<name>/` (CIFAR-10's `dev` sample only);
+4. the copy shipped with the package, `sources/embedded/<name>/` (CIFAR-10's `dev` sample only);
 5. the benchmark's Parquet export on the Hugging Face hub, through fsspec (`$WDYS_<NAME>_HUB`
    replaces the built-in location).
 
@@ -39,7 +39,7 @@ from storage.errors import BadDataset, DatasetNotFound
 
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
-EMBEDDED_DATASETS = Path(__file__).with_name("data")
+EMBEDDED_DATASETS = Path(__file__).with_name("embedded")
 
 
 @dataclass(frozen=True)
