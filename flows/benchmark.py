@@ -34,7 +34,9 @@ from tasks.describe import describe_shard, predict_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.evaluate import evaluate, format_table
 from tasks.ingest import ingest_shard
+from tasks.lookup import record_keys
 from tasks.plan import ShardPlan, plan_dataset
+from tasks.progress import RunProgress
 from tasks.report import report as report_task
 
 DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
@@ -135,6 +137,7 @@ def benchmark(
         for split in splits
     ]
     check_shortlist(shortlist, plans)
+    progress = RunProgress.attach()  # counts the tasks submitted below, stage by stage
     futures: list = []
     runs: list[dict[str, str]] = []
     for plan in plans:
@@ -249,7 +252,8 @@ def benchmark(
                             "class_weights": weighting,
                         }
                     )
-    results: list[ShardResult] = [f.result() for f in futures]
+    results: list[ShardResult] = progress.wait(futures)
+    record_keys(root, [p.selection for p in plans], encoders, sources, class_weights)
     rows = evaluate(root, runs)
     report_dir = report_task(root, runs)
     summary = Counter("computed" if r.computed else "cached" for r in results)
@@ -359,4 +363,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from wdys.cli import guarded  # a user's mistake: one `error: ...` line, exit status 2
+
+    sys.exit(guarded(main, sys.argv[1:]))
