@@ -77,7 +77,7 @@ class Stage:
     first_units: int = 0
     last_logged: float = -math.inf
     artifact: UUID | None = None
-    elapsed_from: float = field(default_factory=time.monotonic)
+    elapsed_from: float = field(default_factory=lambda: time.monotonic())
 
     @property
     def finished(self) -> bool:
@@ -103,7 +103,7 @@ class Stage:
             rate = (computed - self.first_units) / (now - self.first)
         speed = f", {rate:.2f} {unit}/s" if rate else ""
         if self.finished:
-            return f"{self.name}: done, {counts} in {clock(now - self.elapsed_from)}{speed}{extra}"
+            return f"{self.name}: done in {clock(now - self.elapsed_from)}, {counts}{extra}{speed}"
         eta = clock(remaining / rate) if rate else "?"
         return f"{self.name}: {counts}{extra}{speed}, ETA {eta}"
 
