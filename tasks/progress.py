@@ -104,6 +104,8 @@ class Stage:
         speed = f", {rate:.2f} {unit}/s" if rate else ""
         if self.finished:
             return f"{self.name}: done in {clock(now - self.elapsed_from)}, {counts}{extra}{speed}"
+        if not computed:  # nothing computed yet (all from the cache so far): no rate to tell
+            return f"{self.name}: {counts}{extra}"
         eta = clock(remaining / rate) if rate else "?"
         return f"{self.name}: {counts}{extra}{speed}, ETA {eta}"
 

@@ -98,7 +98,7 @@ def test_a_stage_read_from_the_cache_says_so():
     for future in futures:
         t.finished(future, ShardResult("p", computed=False))
     assert lines == [
-        "embed: 1/2 shards (8/16 images), 1 from cache, ETA ?",
+        "embed: 1/2 shards (8/16 images), 1 from cache",
         "embed: cached, all 2 shards read from the cache (16/16 images)",
     ]
 
