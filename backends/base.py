@@ -7,12 +7,22 @@ shard's worth of inputs and the backend batches internally as suits its hardware
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from storage.errors import UserError
+
+
+class DescriberUnavailable(UserError):
+    """The describer as a whole cannot answer: a key the server refuses, an unknown model, an
+    unreachable server, a model that does not load or runs out of memory. The task fails at once
+    with this message (naming the server's reason and what to check), is not retried, and nothing
+    of it is stored: storing it would turn a wrong key into plausible numbers, cached for good."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,20 @@ class Answer:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    truncated: bool = False  # the answer stopped at the token limit (finish_reason 'length')
+    retryable: bool = False  # `error` is transient (rate limit, overload, timeout): ask it again later
+
+    @property
+    def final(self) -> bool:
+        """A result to store: an answer, or a failure that asking again would not change."""
+        return not self.retryable
+
+
+def sample_seed(prompt: str, sample: int) -> int:
+    """The seed of one sampled class description: fixed by its prompt (which names the class) and
+    its index, so a sample is the same whatever batch or run it is asked in."""
+    digest = hashlib.sha256(f"{sample}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,9 @@ class Describer(Protocol):
     forward_passes: int
 
     def settings(self) -> dict[str, object]:
-        """Generation settings that change the answers; they become part of the cache key."""
+        """Everything the answers depend on (backend, model and revision, endpoint, dtype, generation
+        settings); equal to `backends.registry.describer_settings(model_id, ...)`, which computes it
+        without loading the model and makes it part of the cache key."""
         ...
 
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
@@ -76,8 +102,12 @@ class Describer(Protocol):
         ...
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()
-    ) -> list[list[Answer]]:
-        """Text-only answers, `samples` per prompt (CuPL-style class descriptions); `class_names[i]`
-        is the class that `prompts[i]` asks about (ignored by backends that read the prompt)."""
+        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str]
+    ) -> list[Answer]:
+        """Text-only sampled answers (CuPL-style class descriptions), one per (prompts[i], samples[i]),
+        each drawn with `sample_seed(prompts[i], samples[i])`, so that any subset can be asked again
+        alone. `class_names[i]` is the class `prompts[i]` asks about (for stand-ins that cannot read).
+
+        Every method raises `DescriberUnavailable` for a failure of the describer as a whole; a
+        failure of one item is that item's `Answer.error` (`retryable` when asking again may help)."""
         ...

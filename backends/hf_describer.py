@@ -1,20 +1,26 @@
-"""A transformers image-text-to-text VLM (SmolVLM, Qwen2-VL, ...) as a `Describer`.
+"""A transformers image-text-to-text VLM (Gemma-3, SmolVLM/Idefics3, LLaVA, Qwen2-VL, ...) as a `Describer`.
 
-Inputs are rendered with the model's own chat template and generated in left-padded batches, so a
-batch answers exactly as the same images would one by one. Image answers are greedy (the cache key
-then fully determines them); class descriptions are sampled, CuPL-style, from a fixed seed.
+Inputs are rendered with the model's own chat template and generated in left-padded batches of
+WDYS_HF_BATCH_SIZE (default 8), each image as its own one-image list (`images=[[im], [im], ...]`,
+what every processor reads as one image per sample), so a batch answers exactly as the same images
+would one by one. Image answers are greedy; class descriptions are sampled with one seeded
+generator per (prompt, sample) (`backends.hf_sampling`), so they do not depend on the batch.
+
+A model that does not load, or whose every item fails, raises `DescriberUnavailable`, now and for
+every later call; a batch that fails is retried item by item, and an item that still fails alone
+is that item's error (retryable when it ran out of memory).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     BatchFeature,
@@ -22,42 +28,45 @@ from transformers import (
     ProcessorMixin,
 )
 
-from backends.base import Answer
+from backends.base import Answer, DescriberUnavailable, sample_seed
 from backends.device import pick_device, pick_dtype
+from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
+from backends.hf_spec import (
+    CLASS_TEMPERATURE,
+    UNRESOLVED,
+    hub_cache,
+    is_local,
+    parse_spec,
+    settings_for,
+    trust_remote_code,
+)
+from backends.hf_spec import batch_size as batch_size_setting
 
-CLASS_TEMPERATURE = 0.99
-CLASS_SEED = 0
+__all__ = ["HFDescriber", "settings_for"]
 
-
-def _is_path_like(spec: str) -> bool:
-    """Hub ids are `org/name`; anything that starts like a filesystem path is meant as a local dir."""
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
-
-
-def _model_name(spec: str) -> str:
-    """The repo id, or the dir's own name: stable across machines, unlike an absolute path."""
-    return Path(spec).expanduser().name if _is_path_like(spec) else spec
-
-
-def _eos_ids(model: PreTrainedModel) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = model.config.get_text_config().eos_token_id
-    if eos is None:
-        return set()
-    return {eos} if isinstance(eos, int) else set(eos)
+_MAX_ERROR_CHARS = 300
+_load_failures: dict[str, DescriberUnavailable] = {}  # a model that did not load is not tried again
 
 
-def _completion_length(row: torch.Tensor, eos_ids: set[int]) -> int:
-    """Generated tokens up to and including the first EOS; what follows it is padding."""
-    for i, token in enumerate(row.tolist()):
-        if token in eos_ids:
-            return i + 1
-    return len(row)
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:_MAX_ERROR_CHARS]
 
 
-def _error(exc: Exception) -> Answer:
-    return Answer(text=None, error=f"{type(exc).__name__}: {exc}")
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _load_error(spec: str, exc: BaseException) -> DescriberUnavailable:
+    if "trust_remote_code" in str(exc) and not trust_remote_code():
+        return DescriberUnavailable(
+            f"hf describer: {spec!r} needs code from its own repo to load; "
+            "set WDYS_TRUST_REMOTE_CODE=1 if you trust that code"
+        )
+    if _out_of_memory(exc):
+        hint = "out of memory: use a smaller model or free the GPU"
+    else:
+        hint = "check the model id or dir (a hub id must be downloadable, or cached when HF_HUB_OFFLINE=1)"
+    return DescriberUnavailable(f"hf describer: cannot load {spec!r}: {_one_line(exc)}; {hint}")
 
 
 class HFDescriber:
@@ -70,6 +79,7 @@ class HFDescriber:
         processor: ProcessorMixin,
         max_new_tokens: int,
         batch_size: int,
+        settings: dict[str, object],
     ) -> None:
         self.model_id = "hf:" + spec
         self.forward_passes = 0
@@ -79,35 +89,35 @@ class HFDescriber:
         self._tokenizer = processor.tokenizer
         self._max_new_tokens = max_new_tokens
         self._batch_size = max(1, batch_size)
-        self._eos_ids = _eos_ids(model)
-        # generate() and the global RNG seed are not safe to share between threads.
+        self._settings = settings
+        self._eos_ids = eos_ids(model)
+        self._unavailable: DescriberUnavailable | None = None
+        # generate() is not safe to share between threads.
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: str, max_new_tokens: int = 77, batch_size: int = 8) -> HFDescriber:
-        """Loads eagerly so that a wrong id fails the run up front, not as per-item errors."""
-        if _is_path_like(spec) and not Path(spec).expanduser().is_dir():
-            raise FileNotFoundError(f"hf describer: model dir {spec!r} does not exist")
-        device = pick_device()
+    def load(cls, spec: str, max_new_tokens: int = 77, batch_size: int | None = None) -> HFDescriber:
+        """Loads eagerly (the revision the key names) so that a wrong id fails the run up front."""
+        if spec in _load_failures:
+            raise _load_failures[spec]
         try:
-            processor = AutoProcessor.from_pretrained(spec)
-            model = AutoModelForImageTextToText.from_pretrained(spec, dtype=pick_dtype(device))
+            settings = settings_for(spec, max_new_tokens)
+            processor, model = _from_pretrained(spec, settings)
+        except DescriberUnavailable as exc:
+            _load_failures[spec] = exc
+            raise
         except Exception as exc:
-            raise OSError(f"hf describer: cannot load {spec!r}: {type(exc).__name__}: {exc}") from exc
-        model.to(device).eval()
+            _load_failures[spec] = _load_error(spec, exc)
+            raise _load_failures[spec] from exc
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"  # generation continues every row from its right end
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return cls(spec, model, processor, max_new_tokens, batch_size)
+        size = batch_size if batch_size is not None else batch_size_setting()
+        return cls(spec, model, processor, max_new_tokens, size, settings)
 
     def settings(self) -> dict[str, object]:
-        return {
-            "model": _model_name(self._spec),
-            "max_new_tokens": self._max_new_tokens,
-            "do_sample": False,
-            "class_temperature": CLASS_TEMPERATURE,
-        }
+        return dict(self._settings)
 
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
         return self._answer_images(images, [prompt] * len(images))
@@ -118,80 +128,145 @@ class HFDescriber:
         return self._answer_images(images, prompts)  # each prompt already lists its class names
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()
-    ) -> list[list[Answer]]:
-        """Seeded once per call, so the same prompts in the same order give the same samples."""
-        per_batch = max(1, self._batch_size // max(1, samples))
-        results: list[list[Answer]] = []
-        with self._lock:
-            torch.manual_seed(CLASS_SEED)
-            for start in range(0, len(prompts), per_batch):
-                chunk = list(prompts[start : start + per_batch])
-                try:
-                    flat = self._generate_text(chunk, samples)
-                except Exception as exc:
-                    flat = [_error(exc)] * (len(chunk) * samples)
-                results.extend(flat[i : i + samples] for i in range(0, len(flat), samples))
-        return results
+        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str] = ()
+    ) -> list[Answer]:
+        """One sampled answer per (prompts[i], samples[i]), seeded by `sample_seed`: any subset,
+        in any batch, gets the same answers."""
+        if len(prompts) != len(samples):
+            raise ValueError(f"{len(prompts)} prompts for {len(samples)} samples")
+        texts = [self._render([{"type": "text", "text": p}]) for p in prompts]
+        seeds = [sample_seed(p, s) for p, s in zip(prompts, samples, strict=True)]
+
+        def inputs(rows: list[int]) -> BatchFeature:
+            return self._tokenize([texts[i] for i in rows])
+
+        def sampler(rows: list[int]) -> dict[str, object]:
+            return {"logits_processor": [SeededGumbel([seeds[i] for i in rows], CLASS_TEMPERATURE)]}
+
+        return self._run(len(prompts), inputs, sampler)
 
     def _answer_images(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Answer]:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         texts = [self._render([{"type": "image"}, {"type": "text", "text": p}]) for p in prompts]
+
+        def inputs(rows: list[int]) -> BatchFeature:
+            return self._tokenize([texts[i] for i in rows], [[images[i].convert("RGB")] for i in rows])
+
+        return self._run(len(images), inputs, lambda rows: {})
+
+    def _run(
+        self,
+        n: int,
+        inputs: Callable[[list[int]], BatchFeature],
+        extra: Callable[[list[int]], dict[str, object]],
+    ) -> list[Answer]:
+        """Batches of rows through `generate()`; a failed batch is retried row by row. When every
+        row failed, the model cannot answer at all: DescriberUnavailable."""
+        self._raise_if_unavailable()
         answers: list[Answer] = []
+        failures: list[BaseException] = []
         with self._lock:
-            for start in range(0, len(images), self._batch_size):
-                chunk = [image.convert("RGB") for image in images[start : start + self._batch_size]]
-                try:
-                    inputs = self._processor(
-                        text=texts[start : start + self._batch_size],
-                        images=chunk,
-                        padding=True,
-                        return_tensors="pt",
-                    )
-                    answers.extend(self._generate(inputs, do_sample=False))
-                except Exception as exc:
-                    answers.extend([_error(exc)] * len(chunk))
+            for start in range(0, n, self._batch_size):
+                rows = list(range(start, min(n, start + self._batch_size)))
+                answers.extend(self._run_rows(rows, inputs, extra, failures))
+        if n and len(failures) == n:
+            self._unavailable = DescriberUnavailable(
+                f"hf describer {self._spec!r}: every one of {n} items failed, e.g. {_one_line(failures[0])}; "
+                "check the model id or dir, free GPU memory or lower WDYS_HF_BATCH_SIZE"
+            )
+            raise self._unavailable
         return answers
 
-    def _generate_text(self, prompts: list[str], samples: int) -> list[Answer]:
-        texts = [self._render([{"type": "text", "text": prompt}]) for prompt in prompts]
-        inputs = self._processor(text=texts, padding=True, return_tensors="pt")
-        # top_k/top_p neutral so that the temperature alone shapes the sampling, whatever the
-        # model's generation_config ships (Qwen2-VL ships top_k=1, which would make it greedy).
-        return self._generate(
-            inputs,
-            do_sample=True,
-            temperature=CLASS_TEMPERATURE,
-            top_k=0,
-            top_p=1.0,
-            num_return_sequences=samples,
-        )
+    def _run_rows(
+        self,
+        rows: list[int],
+        inputs: Callable[[list[int]], BatchFeature],
+        extra: Callable[[list[int]], dict[str, object]],
+        failures: list[BaseException],
+    ) -> list[Answer]:
+        try:
+            return self._generate(inputs(rows), **extra(rows))
+        except Exception as exc:
+            if _out_of_memory(exc) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(rows) > 1:
+                return [a for row in rows for a in self._run_rows([row], inputs, extra, failures)]
+            failures.append(exc)
+            return [Answer(None, error=_one_line(exc), retryable=_out_of_memory(exc))]
+
+    def _raise_if_unavailable(self) -> None:
+        if self._unavailable is not None:
+            raise self._unavailable
 
     def _render(self, content: list[dict[str, str]]) -> str:
+        """A model whose chat template fails (a base model has none) cannot be asked anything."""
+        self._raise_if_unavailable()
         messages = [{"role": "user", "content": content}]
-        return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:
+            self._unavailable = DescriberUnavailable(
+                f"hf describer {self._spec!r}: its chat template cannot render a prompt ({_one_line(exc)}); "
+                "use an instruction-tuned VLM whose processor has a chat template"
+            )
+            raise self._unavailable from exc
+
+    def _tokenize(self, texts: list[str], images: list[list[Image.Image]] | None = None) -> BatchFeature:
+        """The rendered template already holds the BOS where the model wants one (Gemma, SmolVLM):
+        the tokenizer must not add a second."""
+        bos = self._tokenizer.bos_token
+        add_special = not (bos and texts and texts[0].startswith(bos))
+        kwargs: dict[str, object] = {"padding": True, "return_tensors": "pt"}
+        kwargs["add_special_tokens"] = add_special
+        if images is not None:
+            kwargs["images"] = images
+        return self._processor(text=texts, **kwargs)
 
     def _generate(self, inputs: BatchFeature, **gen_kwargs: object) -> list[Answer]:
-        """One `generate()` call; rows of the output are repeated per returned sequence."""
+        """One greedy `generate()` call (sampling, where asked, is the logits processor's)."""
         inputs = inputs.to(self._model.device, dtype=self._model.dtype)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         width = inputs["input_ids"].shape[1]
         self.forward_passes += 1
         started = time.perf_counter()
         with torch.inference_mode():
-            output = self._model.generate(**inputs, max_new_tokens=self._max_new_tokens, **gen_kwargs)
+            output = self._model.generate(
+                **inputs, max_new_tokens=self._max_new_tokens, do_sample=False, num_beams=1, **gen_kwargs
+            )
         new_tokens = output[:, width:].cpu()
         latency = (time.perf_counter() - started) / len(new_tokens)
-        per_row = len(new_tokens) // len(prompt_tokens)
         answers = []
         for i, row in enumerate(new_tokens):
-            length = _completion_length(row, self._eos_ids)
+            length, truncated = completion_length(row, self._eos_ids)
             text = self._tokenizer.decode(row[:length], skip_special_tokens=True).strip()
             answers.append(
                 Answer(
-                    text=text,
+                    text=text or None,
                     latency_s=latency,
-                    prompt_tokens=int(prompt_tokens[i // per_row]),
+                    prompt_tokens=int(prompt_tokens[i]),
                     completion_tokens=length,
+                    error=None if text else "empty answer",
+                    truncated=truncated,
                 )
             )
         return answers
+
+
+def _from_pretrained(spec: str, settings: dict[str, object]) -> tuple[ProcessorMixin, PreTrainedModel]:
+    """The processor and model at the revision the settings name (the commit `main` pointed to when
+    the key was made, for an unpinned hub id), on the device and in the dtype they name."""
+    name, pinned = parse_spec(spec)
+    revision = None if is_local(name) or settings["revision"] == UNRESOLVED else str(settings["revision"])
+    options: dict[str, object] = {"trust_remote_code": trust_remote_code()}
+    if revision:
+        options["revision"] = pinned or revision
+    if not is_local(name):
+        options["cache_dir"] = str(hub_cache())  # the cache the revision was read from
+    device = pick_device()
+    # The config first: cheap, and it names a model that needs its own code before anything runs.
+    AutoConfig.from_pretrained(name, **options)
+    processor = AutoProcessor.from_pretrained(name, **options)
+    model = AutoModelForImageTextToText.from_pretrained(name, dtype=pick_dtype(device), **options)
+    model.to(device).eval()
+    return processor, model

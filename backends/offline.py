@@ -29,6 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.transforms import v2 as T
 
 from backends.base import Answer, TextEmbeddings
+from method.prompts import class_description_prompts
 
 TOP_K = 10
 _REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
@@ -219,7 +220,7 @@ class LabelDescriber:
         return self.classifier.forward_passes + self.text.forward_passes
 
     def settings(self) -> dict[str, object]:
-        return {"top_labels": 3, "conse_k": TOP_K}
+        return settings_for(self.model_id.removeprefix("offline:"))
 
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
         start = time.perf_counter()
@@ -245,25 +246,22 @@ class LabelDescriber:
         return [Answer(a, latency) for a in answers]
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()
-    ) -> list[list[Answer]]:
-        """With no language model to read the prompt, each answer names two ImageNet labels near the
-        prompt's class in MiniLM space, in a sentence frame that follows the prompt's index."""
+        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str]
+    ) -> list[Answer]:
+        """With no language model to read the prompt, sample s names the ImageNet labels ranked
+        2s and 2s+1 nearest to the prompt's class in MiniLM space, in a sentence frame that follows
+        the prompt's position among the class-description prompts: deterministic, seed-free."""
+        if not prompts:
+            return []
         unique = list(dict.fromkeys(class_names))
         sims = _unit(self.text.encode(unique).vectors) @ _unit(self.label_embeddings).T
-        nearest = {
-            c: [IMAGENET_CLASSNAMES[i] for i in np.argsort(-row)[: 2 * samples]]
-            for c, row in zip(unique, sims, strict=True)
-        }
-        seen: dict[str, int] = {}
+        ranked = {c: np.argsort(-row)[: 2 * (max(samples) + 1)] for c, row in zip(unique, sims, strict=True)}
         out = []
-        for c in class_names:
-            frame = _FRAMES[seen.get(c, 0) % len(_FRAMES)]
-            seen[c] = seen.get(c, 0) + 1
-            labels = nearest[c]
-            out.append(
-                [Answer(frame.format(c=c, a=labels[2 * s], b=labels[2 * s + 1])) for s in range(samples)]
-            )
+        for prompt, sample, c in zip(prompts, samples, class_names, strict=True):
+            asked = class_description_prompts(c)
+            frame = _FRAMES[(asked.index(prompt) if prompt in asked else 0) % len(_FRAMES)]
+            a, b = (IMAGENET_CLASSNAMES[i] for i in ranked[c][2 * sample : 2 * sample + 2])
+            out.append(Answer(frame.format(c=c, a=a, b=b)))
         return out
 
 
@@ -271,6 +269,17 @@ class LabelDescriber:
 # encoder or the describer can be exercised offline.
 OFFLINE_ENCODERS = {"conse-lite0-minilm": "lite0", "conse-lite2-minilm": "lite2"}
 OFFLINE_DESCRIBERS = {"lite2-labels": "lite2", "lite0-labels": "lite0"}
+
+
+def settings_for(name: str, max_new_tokens: int = 77) -> dict[str, object]:
+    """What the stand-in's answers depend on (it generates no tokens: `max_new_tokens` is moot)."""
+    return {
+        "backend": "offline",
+        "model": name,
+        "weights": OFFLINE_DESCRIBERS[name],
+        "top_labels": 3,
+        "conse_k": TOP_K,
+    }
 
 
 def _label_embeddings(text: MiniLM) -> np.ndarray:

@@ -1,8 +1,16 @@
 """CLIP-like encoders through open_clip: built-in architectures with a tag or checkpoint file,
 self-describing `local-dir:` folders and `hf-hub:` repos.
 
+Every model is built the way its weights were trained. OpenAI's CLIP weights (every `openai` tag,
+and any tag whose pretrained config says `quick_gelu`) were trained with QuickGELU, while open_clip
+builds the plain architecture names with GELU and only warns about the mismatch; the resulting
+baseline is not the published one. So the activation follows the weights: the tag's pretrained
+config, the tag an `hf-hub:` weight id belongs to, or the folder's own config; a local checkpoint
+file follows its architecture name (`ViT-B-32-quickgelu` for OpenAI's weights). A suffix forces
+either: `open_clip:ViT-B-32/openai#gelu`, `open_clip:ViT-B-32//ckpt.pt#quickgelu`.
+
 Runs in float32 on whatever `pick_device()` gives, so embeddings do not depend on the dtype a GPU
-happens to support; the cache keys embeddings by model id only.
+happens to support.
 """
 
 from __future__ import annotations
@@ -21,10 +29,23 @@ from backends.base import TextEmbeddings
 from backends.device import pick_device
 
 _SCHEMES = ("local-dir:", "hf-hub:")
+ACTIVATIONS = {"quickgelu": True, "gelu": False}  # the `#` suffix that forces an activation
+
+
+def split_activation(spec: str) -> tuple[str, bool | None]:
+    """`spec#quickgelu` / `spec#gelu` -> (spec, forced quick_gelu); no suffix -> (spec, None)."""
+    base, sep, suffix = spec.rpartition("#")
+    if not sep:
+        return spec, None
+    if suffix not in ACTIVATIONS:
+        raise ValueError(f"open_clip spec {spec!r}: unknown activation {suffix!r}; use #quickgelu or #gelu")
+    return base, ACTIVATIONS[suffix]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """`<arch>/<pretrained>` split at the first '/', or a whole `local-dir:`/`hf-hub:` model name."""
+    """`<arch>/<pretrained>` split at the first '/', or a whole `local-dir:`/`hf-hub:` model name
+    (an activation suffix is not part of either)."""
+    spec, _ = split_activation(spec)
     if spec.startswith(_SCHEMES):
         return spec, None
     arch, _, pretrained = spec.partition("/")
@@ -34,6 +55,33 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             "or 'hf-hub:<repo>'; refusing to run an architecture with random weights"
         )
     return arch, pretrained
+
+
+def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
+    """Whether the weights were trained with QuickGELU, from what open_clip knows of them: a tag's
+    pretrained config, or the tag whose hub weights an `hf-hub:` id names. None when unknown (a
+    local file, a folder or hub repo that carries its own config): the architecture decides."""
+    if pretrained is None:
+        return None
+    if pretrained.startswith("hf-hub:"):
+        wanted = pretrained.removeprefix("hf-hub:").strip("/")
+        for tag in open_clip.list_pretrained_tags_by_model(arch):
+            cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
+            if cfg.get("hf_hub", "").strip("/") == wanted:
+                return bool(cfg.get("quick_gelu", False))
+        return None
+    cfg = open_clip.pretrained.get_pretrained_cfg(arch, pretrained)
+    return bool(cfg.get("quick_gelu", False)) if cfg else None
+
+
+def activation_kwargs(spec: str) -> dict[str, bool]:
+    """The `create_model_and_transforms` arguments that build the activation the weights need."""
+    base, forced = split_activation(spec)
+    arch, pretrained = parse_spec(base)
+    quick = forced if forced is not None else trained_quick_gelu(arch, pretrained)
+    if quick is None:
+        return {}
+    return {"force_quick_gelu": True} if quick else {"quick_gelu": False}
 
 
 def _resolve_pretrained(pretrained: str) -> str:
@@ -85,7 +133,10 @@ class OpenClipEncoder:
         name, pretrained = parse_spec(spec)
         device = pick_device()
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=_resolve_pretrained(pretrained) if pretrained else None, device=device
+            name,
+            pretrained=_resolve_pretrained(pretrained) if pretrained else None,
+            device=device,
+            **activation_kwargs(spec),
         )
         tokenizer = open_clip.get_tokenizer(name)
         return cls("open_clip:" + spec, model, preprocess, tokenizer, device, batch_size=batch_size)

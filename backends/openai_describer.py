@@ -1,30 +1,48 @@
-"""A describer behind any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, ...).
+"""A describer behind any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, Gemini, ...).
 
-Connection settings come from the environment at load time: OPENAI_BASE_URL, OPENAI_API_KEY (a
-placeholder when unset, since local servers want none), WDYS_OPENAI_CONCURRENCY (requests in
-flight, default 8), WDYS_OPENAI_TIMEOUT_S (default 60) and WDYS_OPENAI_MAX_RETRIES (default 4; the
-client retries 408/409/429/5xx with backoff and honours Retry-After). The key stays inside the
-client: it is never logged, never part of `settings()` and scrubbed from error strings.
+Settings come from the environment (read again by every `settings_for` and `load`):
+
+- OPENAI_BASE_URL (default OpenAI's), OPENAI_API_KEY (a placeholder when unset: local servers want
+  none). The key stays inside the client: never logged, never in `settings()`, scrubbed from errors.
+- WDYS_OPENAI_CONCURRENCY (requests in flight, default 8), WDYS_OPENAI_TIMEOUT_S (60),
+  WDYS_OPENAI_MAX_RETRIES (4; the client retries 408/409/429/5xx, timeouts and dropped connections
+  with backoff and honours Retry-After).
+- WDYS_OPENAI_TOKEN_PARAM: `max_tokens` (default) or `max_completion_tokens` (OpenAI's reasoning
+  models). Without it, a 400 that rejects `max_tokens` switches this describer to the other name.
+- WDYS_OPENAI_TEMPERATURE=omit sends no temperature (models that only take their default). Without
+  it, a 400 that rejects the temperature makes this describer stop sending one.
+- WDYS_OPENAI_EXTRA_BODY: a JSON object merged into every request body, e.g.
+  `{"reasoning_effort": "low"}` or a Gemini thinking budget. It is part of the cache key.
+
+Answers stopped by the token limit are kept and flagged `truncated`; an empty one (a thinking model
+that spent the whole limit thinking) is an error. A failure of the describer as a whole (401, 403,
+404, an unreachable server, every request of a fresh describer refused) raises
+`DescriberUnavailable` now and for every later call of this describer; transient failures left after
+the client's retries are `retryable` answers.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import openai
 from PIL import Image
 
-from backends.base import Answer
+from backends.base import Answer, DescriberUnavailable, sample_seed
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 GREEDY_TEMPERATURE = 0.0
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
+TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
 _MAX_ERROR_CHARS = 300
 
 T = TypeVar("T")
@@ -33,6 +51,68 @@ T = TypeVar("T")
 def _env_number(name: str, default: float) -> float:
     value = os.environ.get(name)
     return float(value) if value else default
+
+
+def endpoint_identity(base_url: str | None) -> str:
+    """scheme://host[:port]/path of the server: what answers depend on, without userinfo, query or
+    fragment (where keys and tokens hide)."""
+    parts = urlsplit((base_url or DEFAULT_BASE_URL).strip())
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise DescriberUnavailable(f"OPENAI_BASE_URL has an invalid port: {exc}") from None
+    host = parts.hostname or ""
+    if not parts.scheme or not host:
+        raise DescriberUnavailable("OPENAI_BASE_URL is not a URL like http://host:port/v1")
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{host}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
+
+
+def _extra_body() -> dict[str, Any]:
+    raw = os.environ.get("WDYS_OPENAI_EXTRA_BODY", "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DescriberUnavailable(f"WDYS_OPENAI_EXTRA_BODY is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise DescriberUnavailable(
+            'WDYS_OPENAI_EXTRA_BODY must be a JSON object, e.g. {"reasoning_effort": "low"}'
+        )
+    return value
+
+
+def _token_param() -> str:
+    value = os.environ.get("WDYS_OPENAI_TOKEN_PARAM", "").strip() or TOKEN_PARAMS[0]
+    if value not in TOKEN_PARAMS:
+        raise DescriberUnavailable(f"WDYS_OPENAI_TOKEN_PARAM must be one of {TOKEN_PARAMS}, not {value!r}")
+    return value
+
+
+def _omit_temperature() -> bool:
+    value = os.environ.get("WDYS_OPENAI_TEMPERATURE", "").strip().lower()
+    if value not in ("", "omit"):
+        raise DescriberUnavailable(f"WDYS_OPENAI_TEMPERATURE can only be 'omit' (or unset), not {value!r}")
+    return value == "omit"
+
+
+def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
+    """Everything the answers depend on, from the environment alone (no request): the cache key.
+    A temperature the model refuses is still recorded as asked: the same model at the same endpoint
+    always refuses it, so the key still determines the answers. The name of the token limit changes
+    nothing in the answers and is left out; it is checked here so that a typo fails up front."""
+    _token_param()
+    omit = _omit_temperature()
+    return {
+        "backend": "openai",
+        "model": spec,
+        "endpoint": endpoint_identity(os.environ.get("OPENAI_BASE_URL")),
+        "max_new_tokens": max_new_tokens,
+        "temperature": "omitted" if omit else GREEDY_TEMPERATURE,
+        "class_temperature": "omitted" if omit else CLASS_TEMPERATURE,
+        "extra_body": _extra_body(),
+    }
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -54,11 +134,39 @@ def text_message(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
+def _rejects(exc: openai.APIStatusError, param: str) -> bool:
+    """A 400/422 saying this parameter (or its value) is not supported by the model."""
+    if exc.status_code not in (400, 422):
+        return False
+    message = _server_message(exc).lower()
+    named = getattr(exc, "param", None) == param or param in message
+    refused = any(
+        w in message for w in ("unsupported", "not supported", "does not support", "only the default")
+    )
+    if param == "max_tokens":
+        refused = refused or "max_completion_tokens" in message
+    return named and refused
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own words ('error.message' where it follows OpenAI's shape), short."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"][:_MAX_ERROR_CHARS]
+    return str(body if body is not None else exc.message)[:_MAX_ERROR_CHARS]
+
+
 class OpenAIDescriber:
     """Each image (or class-description sample) is its own request, so one failure costs one answer."""
 
     def __init__(
-        self, model: str, client: openai.OpenAI, max_new_tokens: int = 77, concurrency: int = 8
+        self,
+        model: str,
+        client: openai.OpenAI,
+        max_new_tokens: int = 77,
+        concurrency: int = 8,
+        settings: dict[str, object] | None = None,
+        token_param: str = TOKEN_PARAMS[0],
     ) -> None:
         self.model_id = "openai:" + model
         self.model = model
@@ -66,10 +174,19 @@ class OpenAIDescriber:
         self.max_new_tokens = max_new_tokens
         self.concurrency = concurrency
         self.forward_passes = 0
-        self._count_lock = threading.Lock()
+        self._settings = settings or settings_for(model, max_new_tokens)
+        self._token_param = token_param
+        self._send_temperature = self._settings["temperature"] != "omitted"
+        self._extra_body: dict[str, Any] = dict(self._settings["extra_body"])  # type: ignore[call-overload]
+        self._lock = threading.Lock()
+        self._reached = False  # the server has answered something: a later connection error is transient
+        self._succeeded = False  # some request got an answer
+        self._unavailable: DescriberUnavailable | None = None
 
     @classmethod
     def load(cls, spec: str, max_new_tokens: int = 77) -> OpenAIDescriber:
+        """Checks the settings and builds the client; sends nothing (the first request tells)."""
+        settings = settings_for(spec, max_new_tokens)
         client = openai.OpenAI(
             base_url=os.environ.get("OPENAI_BASE_URL") or None,
             api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
@@ -77,15 +194,10 @@ class OpenAIDescriber:
             max_retries=int(_env_number("WDYS_OPENAI_MAX_RETRIES", 4)),
         )
         concurrency = max(1, int(_env_number("WDYS_OPENAI_CONCURRENCY", 8)))
-        return cls(spec, client, max_new_tokens=max_new_tokens, concurrency=concurrency)
+        return cls(spec, client, max_new_tokens, concurrency, settings=settings, token_param=_token_param())
 
     def settings(self) -> dict[str, object]:
-        return {
-            "model": self.model,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": GREEDY_TEMPERATURE,
-            "class_temperature": CLASS_TEMPERATURE,
-        }
+        return dict(self._settings)
 
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
         return self._map(lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images)
@@ -98,50 +210,154 @@ class OpenAIDescriber:
         return self._map(lambda pair: self._ask(image_message(*pair), GREEDY_TEMPERATURE), pairs)
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: int, class_names: Sequence[str] = ()
-    ) -> list[list[Answer]]:
-        """`samples` separate requests per prompt: many servers ignore `n`."""
-        jobs = [p for p in prompts for _ in range(samples)]
-        flat = self._map(lambda p: self._ask(text_message(p), CLASS_TEMPERATURE), jobs)
-        return [flat[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str] = ()
+    ) -> list[Answer]:
+        """One request per (prompt, sample), seeded by `sample_seed` (many servers ignore `n`)."""
+        jobs = list(zip(prompts, samples, strict=True))
+        return self._map(
+            lambda job: self._ask(text_message(job[0]), CLASS_TEMPERATURE, sample_seed(*job)), jobs
+        )
 
     def _map(self, fn: Callable[[T], Answer], items: Sequence[T]) -> list[Answer]:
+        self._raise_if_unavailable()
         if not items:
             return []
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            return list(pool.map(fn, items))
-
-    def _ask(self, messages: list[dict[str, Any]], temperature: float) -> Answer:
-        start = time.perf_counter()
-        try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=self.max_new_tokens,
-                temperature=temperature,
+            answers = list(pool.map(fn, items))
+        if len(answers) > 1 and not self._succeeded and all(a.error and not a.retryable for a in answers):
+            # A fresh describer whose every request is refused is misconfigured, not unlucky.
+            raise self._fail(
+                f"all {len(answers)} requests failed and none has ever succeeded; first: {answers[0].error}",
+                "check the model id, that it takes images, max_new_tokens and WDYS_OPENAI_EXTRA_BODY",
             )
-        except Exception as exc:  # one failed request must not fail the batch
-            return Answer(text=None, latency_s=time.perf_counter() - start, error=self._error_text(exc))
-        latency = time.perf_counter() - start
-        with self._count_lock:
+        return answers
+
+    def _request(
+        self, messages: list[dict[str, Any]], temperature: float, seed: int | None
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {"model": self.model, "messages": messages}
+        request[self._token_param] = self.max_new_tokens
+        if self._send_temperature:
+            request["temperature"] = temperature
+        if seed is not None:
+            request["seed"] = seed
+        if self._extra_body:
+            request["extra_body"] = self._extra_body
+        return request
+
+    def _send(self, request: dict[str, Any]) -> Any:
+        """The one place a request goes out (with the client's own retries): the seam for a shared
+        in-flight budget."""
+        return self.client.chat.completions.create(**request)
+
+    def _ask(self, messages: list[dict[str, Any]], temperature: float, seed: int | None = None) -> Answer:
+        start = time.perf_counter()
+        for _ in range(len(TOKEN_PARAMS) + 1):  # the first try, then at most one switch of each kind
+            self._raise_if_unavailable()
+            request = self._request(messages, temperature, seed)
+            try:
+                response = self._send(request)
+            except openai.APIStatusError as exc:
+                if not self._adapt(exc, request):
+                    return self._failure(exc, time.perf_counter() - start)
+            except Exception as exc:
+                return self._failure(exc, time.perf_counter() - start)
+            else:
+                return self._answer(response, time.perf_counter() - start)
+        return Answer(None, time.perf_counter() - start, error="the server kept rejecting the parameters")
+
+    def _adapt(self, exc: openai.APIStatusError, request: dict[str, Any]) -> bool:
+        """Switches to what the server wants after a 400 naming `max_tokens` or `temperature`; True
+        when the request is worth sending again (also when another thread switched meanwhile)."""
+        with self._lock:
+            self._reached = True
+            if "max_tokens" in request and _rejects(exc, "max_tokens"):
+                self._token_param = "max_completion_tokens"
+                return True
+            if "temperature" in request and _rejects(exc, "temperature"):
+                self._send_temperature = False
+                return True
+        return False
+
+    def _answer(self, response: Any, latency: float) -> Answer:
+        choice = response.choices[0] if response.choices else None
+        message = choice.message if choice else None
+        finish = choice.finish_reason if choice else None
+        text = ((message.content if message else None) or "").strip()
+        with self._lock:
             self.forward_passes += 1
+            self._reached = True
+            self._succeeded = self._succeeded or bool(text)
         usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else None
-        completion_tokens = usage.completion_tokens if usage else None
-        content = response.choices[0].message.content if response.choices else None
-        text = (content or "").strip()
+        error = None
+        if finish == "content_filter":
+            text, error = "", "blocked by the server's content filter"
+        elif not text:
+            refusal = getattr(message, "refusal", None) if message else None
+            error = f"refused: {refusal}" if refusal else "empty answer"
+            if finish == "length":
+                error = (
+                    f"empty answer at the token limit ({self.max_new_tokens} tokens): a thinking model spent "
+                    "it all thinking; raise --max-new-tokens or lower the thinking budget "
+                    "(WDYS_OPENAI_EXTRA_BODY, e.g. reasoning_effort)"
+                )
         return Answer(
             text=text or None,
             latency_s=latency,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            error=None if text else "empty answer",
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            error=self._scrub(error) if error else None,
+            truncated=finish == "length",
         )
 
-    def _error_text(self, exc: Exception) -> str:
-        """'ExcType: message', short, with the key scrubbed in case a server echoed it back."""
-        message = f"{type(exc).__name__}: {exc}"
+    def _failure(self, exc: Exception, latency: float) -> Answer:
+        """An item's answer for a failed request, or `DescriberUnavailable` for the describer's."""
+        if isinstance(exc, openai.APIStatusError):
+            status, reason = exc.status_code, _server_message(exc)
+            if isinstance(exc, openai.AuthenticationError):
+                raise self._fail(
+                    f"the server refused the API key ({status}: {reason})", "check OPENAI_API_KEY"
+                )
+            if isinstance(exc, openai.PermissionDeniedError):
+                raise self._fail(f"permission denied ({status}: {reason})", "check OPENAI_API_KEY's access")
+            if isinstance(exc, openai.NotFoundError):
+                raise self._fail(f"not found ({status}: {reason})", "check the model id and OPENAI_BASE_URL")
+            if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
+                raise self._fail(f"quota exhausted ({status}: {reason})", "check the plan and billing")
+            with self._lock:
+                self._reached = True
+            retryable = status in (408, 409, 429) or status >= 500
+            return Answer(None, latency, error=self._error_text(exc), retryable=retryable)
+        if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+            if not self._reached:
+                raise self._fail(
+                    f"cannot reach the server ({exc})", "check OPENAI_BASE_URL and that it is up"
+                )
+            return Answer(None, latency, error=self._error_text(exc), retryable=True)
+        # Timeouts, unreadable responses: the server may answer next time.
+        retryable = isinstance(exc, openai.APIError)
+        return Answer(None, latency, error=self._error_text(exc), retryable=retryable)
+
+    def _fail(self, reason: str, check: str) -> DescriberUnavailable:
+        """The describer-wide error, kept so that every later call raises it without a request."""
+        with self._lock:
+            if self._unavailable is None:
+                where = self._settings["endpoint"]
+                message = f"describer {self.model_id} at {where}: {reason}; {check}"
+                self._unavailable = DescriberUnavailable(" ".join(self._scrub(message).split()))
+            return self._unavailable
+
+    def _raise_if_unavailable(self) -> None:
+        if self._unavailable is not None:
+            raise self._unavailable
+
+    def _scrub(self, message: str) -> str:
         key = self.client.api_key
-        if isinstance(key, str) and key:
+        if isinstance(key, str) and len(key) >= 4:
             message = message.replace(key, "***")
+        return message
+
+    def _error_text(self, exc: Exception) -> str:
+        """'ExcType: message', short, one line, with the key scrubbed in case a server echoed it."""
+        message = " ".join(self._scrub(f"{type(exc).__name__}: {exc}").split())
         return message[:_MAX_ERROR_CHARS]

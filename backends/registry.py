@@ -89,6 +89,32 @@ def load_describer(model_id: str, max_new_tokens: int = 77) -> Describer:
         return _load_describer(model_id, max_new_tokens)
 
 
+def default_class_samples(model_id: str) -> int:
+    """Sampled class descriptions per class and prompt: the paper's 50 per class for a describer
+    that reads its prompts; the offline stand-in keeps 3 (its samples only name ever more distant
+    ImageNet labels, so more of them add noise, not descriptions)."""
+    from method.prompts import CLASS_DESCRIPTION_PROMPTS, CLASS_DESCRIPTIONS_PER_CLASS
+
+    if split_model_id(model_id)[0] == "offline":
+        return 3
+    return CLASS_DESCRIPTIONS_PER_CLASS // len(CLASS_DESCRIPTION_PROMPTS)
+
+
+def describer_settings(model_id: str, max_new_tokens: int = 77) -> dict[str, object]:
+    """Everything a describer's answers depend on, found without loading the model (a cached shard
+    must not cost a model load); equal to the loaded describer's `settings()`. It becomes the `gen`
+    cache key: backend, model and revision, endpoint, dtype and generation settings."""
+    validate_describer_id(model_id)
+    scheme, spec = split_model_id(model_id)
+    if scheme == "hf":
+        from backends.hf_describer import settings_for
+    elif scheme == "openai":
+        from backends.openai_describer import settings_for
+    else:
+        from backends.offline import settings_for
+    return settings_for(spec, max_new_tokens)
+
+
 @cache
 def _load_encoder(model_id: str) -> Encoder:
     validate_encoder_id(model_id)

@@ -25,12 +25,13 @@ from pydantic import Field
 
 from backends.registry import validate_describer_id, validate_encoder_id
 from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
+from storage.errors import UserError
 from storage.keys import IMAGE_ONLY_RUN, AnswerSource, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_task, describe_classes
 from tasks.classify import classify_shard
-from tasks.describe import describe_shard, predict_shard
+from tasks.describe import answer_source, describe_shard, predict_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.evaluate import evaluate, format_table
 from tasks.ingest import ingest_shard
@@ -41,6 +42,22 @@ from tasks.report import report as report_task
 
 DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
 DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
+
+
+def pick_describers(encoders: list[str], describers: list[str] | None) -> list[str]:
+    """The offline stand-in describer goes only with offline encoders: paired with a real CLIP it
+    would give numbers that look like the method's and are not."""
+    for e in encoders:  # a typo in an encoder id is the error to show first
+        validate_encoder_id(e)
+    if describers is not None:
+        return describers
+    if all(e.startswith("offline:") for e in encoders):
+        return DEFAULT_DESCRIBERS
+    raise UserError(
+        "a real encoder needs a describer: pass --describers hf:<repo or dir> (a transformers VLM), "
+        "openai:<model> (an OpenAI-compatible server) or offline:lite2-labels (the offline stand-in), "
+        "or --image-only for the plain zero-shot baseline"
+    )
 
 
 def check_parameters(
@@ -94,14 +111,14 @@ def benchmark(
     datasets: Names = ["cifar10"],  # noqa: B006 - Prefect parameters need literal defaults
     splits: Names = ["dev"],  # noqa: B006
     encoders: Names = DEFAULT_ENCODERS,  # noqa: B006
-    describers: list[str] = DEFAULT_DESCRIBERS,  # noqa: B006
+    describers: list[str] | None = None,
     class_weights: Annotated[list[ClassWeighting], Field(min_length=1)] = list(CLASS_WEIGHTINGS),  # noqa: B006
     root: str | None = None,
     limit: Positive | None = None,
     sample_seed: int | None = None,
     shard_size: Positive = 256,
     max_new_tokens: Positive = 77,
-    class_samples: Positive = 3,
+    class_samples: Positive | None = None,
     shortlist: Positive | None = None,
 ) -> dict:
     """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
@@ -111,7 +128,8 @@ def benchmark(
         splits: dataset splits, e.g. `dev`, `test`.
         encoders: `open_clip:<arch>/<pretrained>` or `offline:conse-lite0-minilm`.
         describers: `hf:<repo|dir>`, `openai:<model>` or `offline:lite2-labels`; none (`[]`) runs
-            the image-only zero-shot baseline alone.
+            the image-only zero-shot baseline alone. Default: the offline stand-in, with offline
+            encoders only (a real encoder needs an explicit describer).
         class_weights: any of name, template, templates, descriptions, sum (without a describer,
             descriptions and sum are skipped).
         root: storage root, any fsspec URL (default $WDYS_ROOT, else ./data).
@@ -119,7 +137,8 @@ def benchmark(
         sample_seed: seed of the random sample when `limit` is set.
         shard_size: images per shard (one task per shard and stage).
         max_new_tokens: generation length of the describer's answers.
-        class_samples: class descriptions sampled per prompt and class.
+        class_samples: class descriptions sampled per prompt and class (default: 10, the paper's 50
+            per class over the 5 prompts; 3 for the offline stand-in).
         shortlist: list only the top-k classes (by the encoder's image-only `templates` scores) in
             the initial-prediction prompt; default: every class, as in the paper.
 
@@ -127,9 +146,10 @@ def benchmark(
     computed or found in the cache.
     """
     started = time.perf_counter()
+    describers = pick_describers(encoders, describers)
     check_parameters(encoders, describers, class_weights, shard_size, shortlist)
     root = resolve_root(root)
-    sources = [AnswerSource(d, max_new_tokens, class_samples, shortlist) for d in describers]
+    sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers]
     # Every dataset and split is opened before any task starts: a bad name fails in seconds.
     plans = [
         plan_dataset(Selection(dataset, split, limit, sample_seed, shard_size))
@@ -310,7 +330,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", default=["dev"], help="splits (default: dev)")
     parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="encoder model ids")
     describers = parser.add_mutually_exclusive_group()
-    describers.add_argument("--describers", nargs="+", default=DEFAULT_DESCRIBERS, help="describer model ids")
+    describers.add_argument(
+        "--describers",
+        nargs="+",
+        default=None,
+        help="describer model ids (default: the offline stand-in, with offline encoders only)",
+    )
     describers.add_argument(
         "--image-only",
         action="store_const",
@@ -332,7 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-seed", type=int, default=None, help="seed of the sample taken with --limit")
     parser.add_argument("--shard-size", type=int, default=256, help="images per shard")
     parser.add_argument("--max-new-tokens", type=int, default=77, help="describer answer length")
-    parser.add_argument("--class-samples", type=int, default=3, help="class descriptions per prompt")
+    parser.add_argument(
+        "--class-samples",
+        type=int,
+        default=None,
+        help="class descriptions per prompt and class (default: 10, the paper's 50 per class; offline: 3)",
+    )
     parser.add_argument(
         "--shortlist", type=int, default=None, help="list only the top-k classes in the guess prompt"
     )

@@ -18,6 +18,9 @@ import numpy as np
 
 COMPONENTS = ("image", "description", "prediction")
 CLASS_WEIGHTINGS = ("name", "template", "templates", "descriptions", "sum")
+# The paper's class weightings; `templates` (CLIP's 80 ImageNet prompt templates, the usual CLIP
+# zero-shot baseline) and `sum` (name + template + descriptions) are wdys's extensions.
+PAPER_WEIGHTINGS = ("name", "template", "descriptions")
 SHORTLIST_WEIGHTING = "templates"  # the image-only scores that rank classes for a shortlist
 _EPS = 1e-12
 

@@ -1,4 +1,10 @@
-"""The paper's prompts, verbatim from "What Do You See?" (arXiv 2405.15668) and its authors' code."""
+"""The prompts (docs/protocol.md says where each comes from).
+
+The description and initial-prediction prompts are the paper's ("What Do You See?", arXiv
+2405.15668), as transcribed from its text; the authors' repository holds no prompts. The class-
+description prompts are CuPL's base prompts (Pratt et al., 2023) with a length instruction chosen
+here. Their hashes are part of the cache key: changing a prompt recomputes what depends on it.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,9 @@ CLASS_DESCRIPTION_PROMPTS = (
     "Describe an image from the internet of a {c}. Respond with one or two sentences.",
     "A short caption of an image of a {c}:",
 )
+
+# The authors' code averages 50 class descriptions per class: 10 samples of each of the 5 prompts.
+CLASS_DESCRIPTIONS_PER_CLASS = 50
 
 SINGLE_TEMPLATE = "A photo of {c}"
 

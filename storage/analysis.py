@@ -7,7 +7,8 @@
 - `confusion`: run x components x (label, predicted): image count; `predicted` is the top-1
   class, null for images without a query;
 - `describer_cost`: the describer's answers of a dataset split per kind (describer, kind, prompts,
-  gen, shortlist): images, errors, latency and token counts per image and in total;
+  gen, shortlist): images, errors, answers cut at the token limit, latency and token counts per
+  image and in total;
 - `gains`: run x non-image components: the paired comparison with image-only on the same run.
 
 A run is one value of `catalog.RUN_KEYS`. `gains` pairs each image's top-1 hit under a variant with
@@ -122,6 +123,7 @@ create or replace view describer_cost as
 select {", ".join(ANSWER_KEYS)},
        count(*) as images,
        count(*) filter (where error is not null or text is null) as errors,
+       count(*) filter (where truncated) as truncated,
        avg(latency_s) as mean_latency_s,
        sum(latency_s) as total_latency_s,
        count(prompt_tokens) as tokens_counted,

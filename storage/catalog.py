@@ -15,6 +15,7 @@ import duckdb
 import fsspec
 
 from storage.paths import catalog_path, is_local, table_glob
+from storage.reference import published_sql
 from storage.schemas import TABLES
 
 COMPONENT_ORDER = (
@@ -167,6 +168,9 @@ def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
     from storage.analysis import create_analysis_views  # it imports RUN_KEYS from here
 
     made += create_analysis_views(con, made)
+    if "metrics" in made:
+        con.execute(published_sql())
+        made.append("published_baselines")
     return made
 
 

@@ -33,6 +33,13 @@ def exists(path: str) -> bool:
     return fs.exists(fs_path)
 
 
+def remove(path: str) -> None:
+    """Delete `path` if it exists."""
+    fs, fs_path = filesystem(path)
+    if fs.exists(fs_path):
+        fs.rm_file(fs_path)
+
+
 def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
     fs, fs_path = filesystem(path)
     with fs.open(fs_path, "rb") as f:

@@ -43,16 +43,20 @@ class Selection:
 
 @dataclass(frozen=True)
 class AnswerSource:
-    """A describer with its generation settings; `shortlist` = k lists only the top-k classes
-    (ranked by an encoder's image-only scores) in the initial-prediction prompt."""
+    """A describer with its generation settings. `settings` is everything its answers depend on
+    (`backends.registry.describer_settings`: backend, model and revision, endpoint, dtype, every
+    generation setting); `class_samples` sampled class descriptions per class and prompt;
+    `shortlist` = k lists only the top-k classes (ranked by an encoder's image-only scores) in the
+    initial-prediction prompt."""
 
     describer: str
+    settings: str  # JSON of the describer's settings (never a secret): hashed into `gen`
     max_new_tokens: int = 77
-    class_samples: int = 3
+    class_samples: int = 10
     shortlist: int | None = None
 
     def _gen(self) -> str:
-        return content_hash({"max_new_tokens": self.max_new_tokens})
+        return content_hash({"settings": self.settings})
 
     def answer_keys(self, kind: str, encoder: str | None = None) -> dict[str, str]:
         """Keys of one kind of image answer. Descriptions never depend on the encoder; predictions
@@ -82,7 +86,7 @@ class AnswerSource:
         return {
             "describer": self.describer,
             "prompts": class_prompts_hash(),
-            "gen": content_hash({"max_new_tokens": self.max_new_tokens, "samples": self.class_samples}),
+            "gen": content_hash({"settings": self.settings, "samples": self.class_samples}),
         }
 
 

@@ -110,6 +110,13 @@ def shard_path(root: str, table: str | Table, keys: Mapping[str, object], shard:
     return f"{partition_dir(root, table, keys)}/shard-{shard:05d}.parquet"
 
 
+def pending_path(path: str) -> str:
+    """Where the final answers of a shard that still has transiently failed items wait for those
+    items: hidden (a leading '.'), so no table glob or view ever reads it as a result."""
+    directory, _, name = path.rpartition("/")
+    return f"{directory}/.{name.removesuffix('.parquet')}.pending.parquet"
+
+
 def table_glob(root: str, table: str) -> str:
     """Every shard of a table; temp files start with '.' so a glob never sees a half-written one."""
     depth = len(TABLES[table].partition_keys) + 1

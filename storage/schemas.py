@@ -56,10 +56,11 @@ MANIFEST = Table(
 # (a shortlist of classes ranked by an encoder) than a description does.
 _IMAGE_ANSWER_KEYS = ("describer", "kind", "prompts", "gen", "shortlist")
 
+# Answers are at version 3 and up since `truncated` is recorded and no transient failure is stored.
 DESCRIPTIONS = Table(
     "descriptions",
     _DATA_KEYS + _IMAGE_ANSWER_KEYS,
-    2,
+    3,
     (
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("text", pa.string()),
@@ -68,13 +69,16 @@ DESCRIPTIONS = Table(
         pa.field("completion_tokens", pa.int64()),
         pa.field("error", pa.string()),
         pa.field("classes", pa.list_(pa.int64())),  # the class indices a shortlisted prompt listed
+        pa.field("truncated", pa.bool_()),  # the answer stopped at the token limit
     ),
 )
 
+# Encoder outputs are at version 2 and up since open_clip models follow their weights' activation
+# (QuickGELU for OpenAI's): embeddings of the earlier GELU builds must not be reused.
 IMAGE_EMBEDDINGS = Table(
     "image_embeddings",
     _DATA_KEYS + ("encoder",),
-    1,
+    2,
     (
         pa.field("image_id", pa.string(), nullable=False),
         _embedding("embedding"),  # null when the image could not be read
@@ -85,7 +89,7 @@ IMAGE_EMBEDDINGS = Table(
 TEXT_EMBEDDINGS = Table(
     "text_embeddings",
     _DATA_KEYS + ("encoder",) + _IMAGE_ANSWER_KEYS,
-    2,
+    3,
     (
         pa.field("image_id", pa.string(), nullable=False),
         _embedding("embedding"),  # null when the describer gave no answer
@@ -96,7 +100,7 @@ TEXT_EMBEDDINGS = Table(
 CLASS_DESCRIPTIONS = Table(
     "class_descriptions",
     ("dataset",) + _ANSWER_KEYS,
-    1,
+    2,
     (
         pa.field("class_index", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
@@ -107,13 +111,14 @@ CLASS_DESCRIPTIONS = Table(
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
         pa.field("error", pa.string()),
+        pa.field("truncated", pa.bool_()),
     ),
 )
 
 CLASS_WEIGHTS = Table(
     "class_weights",
     ("dataset", "encoder", "class_weights") + _ANSWER_KEYS,
-    1,
+    2,
     (
         pa.field("class_index", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
@@ -126,7 +131,7 @@ CLASS_WEIGHTS = Table(
 PREDICTIONS = Table(
     "predictions",
     _DATA_KEYS + ("encoder", "describer", "prompts", "gen", "shortlist", "class_weights"),
-    2,
+    3,
     (
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),

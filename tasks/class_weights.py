@@ -11,6 +11,7 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
+from backends.base import Answer
 from backends.registry import load_describer, load_encoder
 from method.fusion import ensemble, normalize, sum_weights
 from method.prompts import (
@@ -23,6 +24,12 @@ from storage.io import read_table
 from storage.keys import NO_ANSWERS, AnswerSource
 from storage.paths import shard_path
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
+from tasks.answers import (
+    ANSWER_RETRY_DELAYS_S,
+    answer_shard,
+    require_an_answer,
+    retry_unless_unavailable,
+)
 from tasks.cache import ShardResult, cached_shard, exclusive
 
 NEEDS_DESCRIPTIONS = ("descriptions", "sum")
@@ -40,36 +47,60 @@ def class_weights_path(
     return shard_path(root, CLASS_WEIGHTS, keys, 0)
 
 
-@task(cache_policy=NO_CACHE, name="describe-classes", tags=["gpu"], retries=2, retry_delay_seconds=5)
+@task(
+    cache_policy=NO_CACHE,
+    name="describe-classes",
+    tags=["gpu"],
+    retries=len(ANSWER_RETRY_DELAYS_S),
+    retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
+    retry_condition_fn=retry_unless_unavailable,
+)
 def describe_classes(
     root: str, dataset: str, class_names: tuple[str, ...], source: AnswerSource
 ) -> ShardResult:
-    def compute():
+    """`source.class_samples` sampled descriptions per class and prompt (CuPL-style), each seeded by
+    its prompt and index, so a sample asked again after a failure is the one it would have been."""
+    items = [
+        (c, p, s)
+        for c in range(len(class_names))
+        for p in range(len(CLASS_DESCRIPTION_PROMPTS))
+        for s in range(source.class_samples)
+    ]
+    prompts = [class_description_prompts(name) for name in class_names]
+
+    def ask(todo: list[int]) -> tuple[list[Answer], int]:
+        asked = [items[i] for i in todo]
         describer = load_describer(source.describer, source.max_new_tokens)
-        prompts = [p for c in class_names for p in class_description_prompts(c)]
-        subjects = [c for c in class_names for _ in CLASS_DESCRIPTION_PROMPTS]
         with exclusive(describer) as passes:
-            answers = describer.describe_classes(prompts, source.class_samples, subjects)
+            answers = describer.describe_classes(
+                [prompts[c][p] for c, p, _ in asked],
+                [s for *_, s in asked],
+                [class_names[c] for c, *_ in asked],
+            )
             spent = passes()
-        per_class = len(CLASS_DESCRIPTION_PROMPTS)
-        rows = [
+        require_an_answer(source.describer, answers)
+        return answers, spent
+
+    def rows(positions: list[int], answers: list[Answer]) -> pa.Table:
+        table = [
             {
-                "class_index": i // per_class,
-                "class_name": subjects[i],
-                "prompt_index": i % per_class,
-                "sample": s,
+                "class_index": items[i][0],
+                "class_name": class_names[items[i][0]],
+                "prompt_index": items[i][1],
+                "sample": items[i][2],
                 "text": a.text,
                 "latency_s": a.latency_s,
                 "prompt_tokens": a.prompt_tokens,
                 "completion_tokens": a.completion_tokens,
                 "error": a.error,
+                "truncated": a.truncated,
             }
-            for i, samples in enumerate(answers)
-            for s, a in enumerate(samples)
+            for i, a in zip(positions, answers, strict=True)
         ]
-        return pa.Table.from_pylist(rows, schema=CLASS_DESCRIPTIONS.schema()), spent
+        return pa.Table.from_pylist(table, schema=CLASS_DESCRIPTIONS.schema())
 
-    return cached_shard(class_descriptions_path(root, dataset, source), compute)
+    path = class_descriptions_path(root, dataset, source)
+    return answer_shard(path, ["class_index", "prompt_index", "sample"], items, ask, rows)
 
 
 def _class_texts(

@@ -6,24 +6,41 @@ classes of the image ranked by an encoder's image-only scores.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from backends.base import Answer
-from backends.registry import load_describer
+from backends.registry import default_class_samples, describer_settings, load_describer
 from method.fusion import SHORTLIST_WEIGHTING, logits, normalize, shortlist
 from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
 from sources.images import decode_manifest
-from storage.io import read_table
+from storage.io import exists, read_table
 from storage.keys import AnswerSource
 from storage.paths import shard_path
 from storage.schemas import DESCRIPTIONS, IMAGE_EMBEDDINGS, MANIFEST
-from tasks.cache import ShardResult, cached_shard, exclusive
+from tasks.answers import (
+    ANSWER_RETRY_DELAYS_S,
+    answer_shard,
+    require_an_answer,
+    retry_unless_unavailable,
+)
+from tasks.cache import ShardResult, exclusive
 from tasks.class_weights import class_weights_path, read_class_weights
 from tasks.classify import embeddings_or_nan
 from tasks.plan import Shard
+
+
+def answer_source(
+    describer: str, max_new_tokens: int, class_samples: int | None, shortlist: int | None
+) -> AnswerSource:
+    """The cache identity of a describer's answers, found without loading it."""
+    settings = json.dumps(describer_settings(describer, max_new_tokens), sort_keys=True)
+    samples = class_samples or default_class_samples(describer)
+    return AnswerSource(describer, settings, max_new_tokens, samples, shortlist)
 
 
 def answers_table(image_ids: list[str], answers: list[Answer], classes: list[list[int]] | None) -> pa.Table:
@@ -36,36 +53,55 @@ def answers_table(image_ids: list[str], answers: list[Answer], classes: list[lis
             "completion_tokens": [a.completion_tokens for a in answers],
             "error": [a.error for a in answers],
             "classes": classes if classes is not None else [None] * len(answers),
+            "truncated": [a.truncated for a in answers],
         },
         schema=DESCRIPTIONS.schema(),
     )
 
 
-def ask(root: str, shard: Shard, source: AnswerSource, ask_describer) -> tuple:
-    """Decode the shard, let `ask_describer(describer, image_indices, images)` answer for the images
-    that decoded, and record a decode error for the others."""
+def answer_images(
+    root: str, shard: Shard, source: AnswerSource, path: str, ask_describer, classes=None
+) -> ShardResult:
+    """The shard of answers at `path`: decode the shard's images, let `ask_describer(describer,
+    image_indices, images)` answer the ones that decoded and are not answered yet, and record a
+    decode error for the others. `classes[i]` is what a shortlisted prompt listed for image i."""
     manifest = read_table(shard_path(root, MANIFEST, shard.selection.keys(), shard.index))
-    images, errors = decode_manifest(manifest)
-    ok = [i for i, im in enumerate(images) if im is not None]
-    describer = load_describer(source.describer, source.max_new_tokens)
-    with exclusive(describer) as passes:
-        got = ask_describer(describer, ok, [images[i] for i in ok]) if ok else []
-        spent = passes()
-    answers = [Answer(None, error=e) for e in errors]
-    for i, answer in zip(ok, got, strict=True):
-        answers[i] = answer
-    return manifest.column("image_id").to_pylist(), answers, spent
+    ids = manifest.column("image_id").to_pylist()
+
+    def ask(todo: list[int]) -> tuple[list[Answer], int]:
+        images, errors = decode_manifest(manifest.take(todo))
+        ok = [j for j, im in enumerate(images) if im is not None]
+        answers = [Answer(None, error=e) for e in errors]
+        if not ok:
+            return answers, 0
+        describer = load_describer(source.describer, source.max_new_tokens)
+        with exclusive(describer) as passes:
+            got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
+            spent = passes()
+        require_an_answer(source.describer, got)
+        for j, answer in zip(ok, got, strict=True):
+            answers[j] = answer
+        return answers, spent
+
+    def rows(positions: list[int], answers: list[Answer]) -> pa.Table:
+        listed = [classes[i] for i in positions] if classes is not None else None
+        return answers_table([ids[i] for i in positions], answers, listed)
+
+    return answer_shard(path, ["image_id"], ids, ask, rows)
 
 
-@task(cache_policy=NO_CACHE, name="describe", tags=["gpu"], retries=2, retry_delay_seconds=5)
+@task(
+    cache_policy=NO_CACHE,
+    name="describe",
+    tags=["gpu"],
+    retries=len(ANSWER_RETRY_DELAYS_S),
+    retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
+    retry_condition_fn=retry_unless_unavailable,
+)
 def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
     keys = {**shard.selection.keys(), **source.answer_keys("description")}
-
-    def compute():
-        ids, answers, spent = ask(root, shard, source, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
-        return answers_table(ids, answers, None), spent
-
-    return cached_shard(shard_path(root, DESCRIPTIONS, keys, shard.index), compute)
+    path = shard_path(root, DESCRIPTIONS, keys, shard.index)
+    return answer_images(root, shard, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
 
 
 def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> list[list[int]]:
@@ -78,26 +114,31 @@ def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> lis
     return shortlist(scores, k)
 
 
-@task(cache_policy=NO_CACHE, name="predict", tags=["gpu"], retries=2, retry_delay_seconds=5)
+@task(
+    cache_policy=NO_CACHE,
+    name="predict",
+    tags=["gpu"],
+    retries=len(ANSWER_RETRY_DELAYS_S),
+    retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
+    retry_condition_fn=retry_unless_unavailable,
+)
 def predict_shard(
     root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
 ) -> ShardResult:
     """`encoder_id` ranks the shortlist; it is unused (and may be None) without one."""
     keys = {**shard.selection.keys(), **source.answer_keys("prediction", encoder_id)}
+    path = shard_path(root, DESCRIPTIONS, keys, shard.index)
     names = shard.class_names
+    if exists(path):
+        return ShardResult(path, computed=False)
+    listed = (
+        shortlisted_classes(root, shard, encoder_id, source.shortlist)
+        if source.shortlist
+        else [list(range(len(names)))] * len(shard.rows)
+    )
 
-    def compute():
-        listed = (
-            shortlisted_classes(root, shard, encoder_id, source.shortlist)
-            if source.shortlist
-            else [list(range(len(names)))] * len(shard.rows)
-        )
+    def guess(describer, indices, images):
+        class_lists = [[names[c] for c in listed[i]] for i in indices]
+        return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
 
-        def guess(describer, indices, images):
-            class_lists = [[names[c] for c in listed[i]] for i in indices]
-            return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
-
-        ids, answers, spent = ask(root, shard, source, guess)
-        return answers_table(ids, answers, listed if source.shortlist else None), spent
-
-    return cached_shard(shard_path(root, DESCRIPTIONS, keys, shard.index), compute)
+    return answer_images(root, shard, source, path, guess, listed if source.shortlist else None)

@@ -11,9 +11,11 @@ The command line reports every run in the catalog of the named datasets and spli
 another folder (any fsspec URL) instead of `<root>/reports/<UTC time>`.
 
 Tables: one per class weighting (and per encoder x describer, when a run has several), the
-`templates` weighting first: CLIP's zero-shot baseline with its 80 prompt templates, the paper's
-main comparison. Rows are datasets and their average; columns the image-only baseline's top-1 and
-each variant's top-1 with its gain in points over the baseline on the same images.
+`templates` weighting first: CLIP's usual zero-shot baseline with its 80 prompt templates. The
+paper's weightings are `name`, `template` and `descriptions`; `templates` and `sum` are extensions
+beyond the paper and are labelled so wherever they appear. Rows are datasets and their average;
+columns the images, the most excluded by any variant, the image-only baseline's top-1 and each
+variant's top-1 with its gain in points over the baseline on the same images.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from method.fusion import CLASS_WEIGHTINGS, component_subsets, subset_name
+from method.fusion import CLASS_WEIGHTINGS, PAPER_WEIGHTINGS, component_subsets, subset_name
 from method.prompts import DESCRIPTION_PROMPT, PREDICTION_PROMPT, content_hash, image_prompts_hash
 from method.stats import LEVEL, RESAMPLES
 from storage.analysis import ANSWER_KEYS, BASELINE, average_interval, run_rows, with_intervals
 from storage.catalog import RUN_KEYS, connect, refresh_catalog
 from storage.io import filesystem
 from storage.paths import NONE, partition_value, resolve_root
+from tasks.evaluate import baseline_checks, with_published
 
 MAIN_WEIGHTING = "templates"
 DATA_KEYS = ("dataset", "split", "subset")
@@ -114,7 +117,7 @@ def collect(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, s
         ]
         return ReportData(
             runs=runs,
-            metrics=rows("metrics", runs),
+            metrics=with_published(con, rows("metrics", runs)) if "metrics" in views else [],
             gains=with_intervals(rows("gains", runs), resamples, seed),
             per_class=rows("per_class", main),
             confusion=rows("confusion", small),
@@ -391,8 +394,10 @@ def build(data: ReportData) -> Doc:
         doc.heading(f"Encoder `{gkeys['encoder']}`, describer `{gkeys['describer']}`")
         doc.para(
             f"Prompts `{gkeys['prompts']}`, generation `{gkeys['gen']}`, shortlist `{gkeys['shortlist']}`. "
-            f"One table per class weighting, `{main}` first (the paper's main comparison: "
-            f"CLIP zero-shot with its prompt templates against the fused variants)."
+            f"One table per class weighting, `{main}` first. The paper's weightings are "
+            f"{', '.join(f'`{w}`' for w in PAPER_WEIGHTINGS)}; the others are extensions beyond the paper. "
+            f"`excluded`: images left out of a variant because none of its components was available "
+            f"(the most of any variant in the row)."
         )
         for weighting in weightings:
             keyed = [(d, (*d, *group, weighting)) for d in datasets]
@@ -400,27 +405,30 @@ def build(data: ReportData) -> Doc:
             if not keyed:
                 continue
             variants = [v for v in VARIANTS if any((*k, v) in metrics for _, k in keyed)]
-            doc.heading(f"Class weights `{weighting}`", 3)
-            header = ["dataset", "images", f"{BASELINE} (baseline)", *variants]
+            doc.heading(f"Class weights `{weighting}`{weighting_note(weighting)}", 3)
+            header = ["dataset", "images", "excluded", f"{BASELINE} (baseline)", *variants]
             rows, cell, per_variant = [], {}, {v: [] for v in variants}
             base_values = []
             for d, k in keyed:
                 label = f"{d[0]} ({d[1]})"
                 base = metrics[(*k, BASELINE)]
                 base_values.append(base["top1"])
-                row = [label, str(base["n"]), num(base["top1"])]
+                excluded = max(metrics[(*k, v)]["excluded"] for v in COMPONENTS if (*k, v) in metrics)
+                row = [label, str(base["n"] + base["excluded"]), str(excluded), num(base["top1"])]
                 for v in variants:
                     m, g = metrics.get((*k, v)), gains.get((*k, v))
-                    if m is None or g is None:
+                    if m is None or g is None or m["top1"] is None or g["gain_top1"] is None:
                         row.append("n/a")
                         continue
-                    star = "*" if g["mcnemar_p"] < ALPHA else ""
+                    star = "*" if g["mcnemar_p"] is not None and g["mcnemar_p"] < ALPHA else ""
                     row.append(f"{num(m['top1'])} ({num(g['gain_top1'], sign=True)}{star})")
                     cell[(label, v)] = {"gain": g["gain_top1"], "low": g["ci_low"], "high": g["ci_high"]}
                     per_variant[v].append((m["top1"], g))
                 rows.append(row)
             average = {}
-            avg_row = ["average", "", num(float(np.mean(base_values)))]
+            known = [b for b in base_values if b is not None]
+            average_base = float(np.mean(known)) if len(known) == len(base_values) else None
+            avg_row = ["average", "", "", num(average_base)]
             for v in variants:
                 if len(per_variant[v]) != len(keyed):
                     avg_row.append("n/a")
@@ -502,6 +510,15 @@ def build(data: ReportData) -> Doc:
                 )
         per_class_section(doc, data, group, main, datasets, metrics, prefix)
     cost_section(doc, data)
+    checks = baseline_checks(data.metrics)
+    if checks:
+        doc.heading("Image-only baseline against published figures")
+        doc.para(
+            "open_clip's published zero-shot top-1 for the same model, tag and dataset (made with "
+            "CLIP_benchmark on the full evaluation split, see storage/reference/README.md)."
+        )
+        for line in checks:
+            doc.para(line.removeprefix("published baseline: "))
     doc.heading("All metrics")
     doc.para("The `metrics` view's rows of this run (top-1, top-5 and mean per-class recall in percent).")
     doc.table(
@@ -537,6 +554,10 @@ def build(data: ReportData) -> Doc:
     return doc
 
 
+def weighting_note(weighting: str) -> str:
+    return "" if weighting in PAPER_WEIGHTINGS else " (an extension beyond the paper)"
+
+
 def weighting_order(w: str) -> tuple[int, int]:
     return (
         w != MAIN_WEIGHTING,
@@ -554,7 +575,11 @@ def per_class_section(
     )
     for d in datasets:
         k = (*d, *group, main)
-        candidates = [(metrics[(*k, v)]["top1"], v) for v in VARIANTS if (*k, v) in metrics]
+        candidates = [
+            (metrics[(*k, v)]["top1"], v)
+            for v in VARIANTS
+            if (*k, v) in metrics and metrics[(*k, v)]["top1"] is not None
+        ]
         if (*k, BASELINE) not in metrics or not candidates:
             continue
         best = max(candidates)[1]
@@ -562,15 +587,15 @@ def per_class_section(
         by = {(r["components"], r["label"]): r for r in rows}
         labels = sorted({r["label"] for r in rows})
         names = [by.get((BASELINE, c), {}).get("class_name") or str(c) for c in labels]
-        base = [by[(BASELINE, c)]["top1"] or 0.0 for c in labels]
-        top = [by[(best, c)]["top1"] or 0.0 for c in labels]
+        base = [by.get((BASELINE, c), {}).get("top1") or 0.0 for c in labels]
+        top = [by.get((best, c), {}).get("top1") or 0.0 for c in labels]
         slug = partition_value(f"{d[0]}-{d[1]}")
         title = f"{d[0]} ({d[1]}), class weights {main}"
         if len(labels) <= MAX_CLASS_BARS:
             doc.table(
                 ["class", "images", BASELINE, best, "difference"],
                 [
-                    [n, str(by[(BASELINE, c)]["n"]), num(b), num(t), num(t - b, sign=True)]
+                    [n, str(by.get((BASELINE, c), {}).get("n", 0)), num(b), num(t), num(t - b, sign=True)]
                     for n, c, b, t in zip(names, labels, base, top, strict=True)
                 ],
             )

@@ -10,6 +10,7 @@ import json
 import uuid
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import open_clip
 import pytest
@@ -17,6 +18,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
+from backends import registry
 from backends.base import Encoder
 from backends.registry import load_encoder
 
@@ -132,3 +134,50 @@ def test_spec_grammar(tiny: tuple[str, torch.nn.Module]) -> None:
     assert parse_spec("hf-hub:org/repo") == ("hf-hub:org/repo", None)
     with pytest.raises(ValueError, match="random weights"):
         OpenClipEncoder.load(tiny[0])
+
+
+def _activations(model: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in model.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+
+
+def test_openai_tag_loads_offline_with_quickgelu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's weights were trained with QuickGELU; open_clip builds `ViT-B-32` with GELU and only
+    warns. Random weights stand in a private hub cache under the id the `openai` tag resolves to,
+    and the product's own loader builds every activation as QuickGELU."""
+    hub_id = open_clip.pretrained.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")
+    revision = "0" * 40
+    repo = tmp_path / "hub" / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    torch.manual_seed(0)
+    reference = open_clip.create_model("ViT-B-32", force_quick_gelu=True).eval()
+    torch.save(reference.state_dict(), repo / "snapshots" / revision / "open_clip_pytorch_model.bin")
+    # huggingface_hub reads HF_HOME when it is imported: point its constant at the private cache.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    encoder = load_encoder("open_clip:ViT-B-32/openai")
+    gelu = load_encoder("open_clip:ViT-B-32/openai#gelu")  # a user can still force either
+
+    assert _activations(encoder.model) == {"QuickGELU"}
+    assert _activations(gelu.model) == {"GELU"}
+    image = Image.new("RGB", (224, 224), (120, 30, 200))
+    with torch.no_grad():
+        expected = reference.encode_image(encoder.preprocess(image)[None]).numpy()
+    np.testing.assert_allclose(encoder.encode_images([image]), expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(gelu.encode_images([image]) - expected).max() > 1e-3  # the activation matters
+    registry._load_encoder.cache_clear()  # two ViT-B-32 copies need not stay for the whole session
+
+
+def test_activation_follows_the_weights() -> None:
+    from backends.open_clip_encoder import activation_kwargs
+
+    assert activation_kwargs("ViT-L-14/openai") == {"force_quick_gelu": True}
+    assert activation_kwargs("ViT-B-32/laion2b_s34b_b79k") == {"quick_gelu": False}
+    hub = open_clip.pretrained.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"]
+    assert activation_kwargs(f"ViT-B-16/hf-hub:{hub}") == {"force_quick_gelu": True}
+    assert activation_kwargs("ViT-B-32-quickgelu/openai#gelu") == {"quick_gelu": False}
+    assert activation_kwargs("ViT-B-32//some/ckpt.pt") == {}  # a bare file: the architecture decides
+    with pytest.raises(ValueError, match="#quickgelu or #gelu"):
+        activation_kwargs("ViT-B-32/openai#relu")

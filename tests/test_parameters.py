@@ -6,6 +6,7 @@ import pytest
 
 from backends import registry
 from flows.benchmark import benchmark
+from storage.errors import UserError
 
 BASE = dict(datasets=["cifar10"], splits=["dev"], limit=4, shard_size=4, class_samples=1)
 
@@ -25,12 +26,14 @@ BASE = dict(datasets=["cifar10"], splits=["dev"], limit=4, shard_size=4, class_s
         ({"shortlist": 11}, "shortlist 11 is larger than the 10 classes of cifar10"),
         ({"describers": [], "class_weights": ["descriptions"]}, "need a describer's class descriptions"),
         ({"describers": [], "shortlist": 3}, "a shortlist needs a describer"),
+        # the offline stand-in describer is never paired silently with a real encoder
+        ({"encoders": ["open_clip:ViT-B-32/openai"]}, "a real encoder needs a describer: pass --describers"),
     ],
 )
 def test_bad_parameter_fails_before_any_model_loads(prefect_server, tmp_path, overrides, message):
     loaded = (registry._load_encoder.cache_info().currsize, registry._load_describer.cache_info().currsize)
     params = {**BASE, "root": str(tmp_path / "root"), **overrides}
-    with pytest.raises((ValueError, FileNotFoundError)) as caught:
+    with pytest.raises((ValueError, FileNotFoundError, UserError)) as caught:
         benchmark(**params)
     assert message in str(caught.value)
     assert (

@@ -96,6 +96,7 @@ def synthetic_root(root: str) -> dict:
                 "completion_tokens": [20] * n if tokens else [None] * n,
                 "error": ["boom" if i % 50 == 0 else None for i in range(n)],
                 "classes": [None] * n,
+                "truncated": [False] * n,
             }
             write_table(
                 shard_path(root, DESCRIPTIONS, keys, s), pa.table(answers, schema=DESCRIPTIONS.schema())
@@ -262,6 +263,43 @@ def test_report_files_hold_the_table_numbers(toy, tmp_path):
     assert "](gains-templates.png)" in md and 'src="gains-templates.png"' in html  # relative links
     assert "| toy | test | all-shard200 | 400 | 5 |" in md
     assert "n/a" in md  # the prediction answers have no token counts
+
+
+def test_report_survives_a_variant_with_no_query_and_says_so(tmp_path):
+    """Every answer failed: a variant's top-1 is NULL in `metrics`. The report must still be written,
+    with the excluded images in its table and `n/a` where there is no number."""
+    root = str(tmp_path / "root")
+    labels = [0, 1, 0, 1]
+    manifest = {
+        "image_id": [f"test/{i}" for i in range(4)],
+        "row": list(range(4)),
+        "label": labels,
+        "image": [None] * 4,
+        "uri": [f"file:///x/{i}.png" for i in range(4)],
+    }
+    write_table(shard_path(root, MANIFEST, DATA, 0), pa.table(manifest, schema=MANIFEST.schema()))
+    columns = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
+    answers = {  # image: all right; description: no query at all; prediction: the first two right
+        "image": [[label, 1 - label] for label in labels],
+        "description": [None] * 4,
+        "prediction": [[label, 1 - label] if i < 2 else [1 - label, label] for i, label in enumerate(labels)],
+    }
+    for components, top5 in answers.items():
+        columns["image_id"] += [f"test/{i}" for i in range(4)]
+        columns["label"] += labels
+        columns["components"] += [components] * 4
+        columns["top5"] += top5
+        columns["scores"] += [None] * 4
+    run = {**RUN, "class_weights": "descriptions"}
+    write_table(shard_path(root, PREDICTIONS, run, 0), pa.table(columns, schema=PREDICTIONS.schema()))
+
+    _, _, data = write_report(root, [run], out=str(tmp_path / "report"), resamples=100)
+
+    (description,) = [m for m in data.metrics if m["components"] == "description"]
+    assert description["top1"] is None and description["excluded"] == 4
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| toy (test) | 4 | 4 | 100.00 | n/a | 50.00 (-50.00) |" in md
+    assert "(an extension beyond the paper)" not in md  # `descriptions` is one of the paper's
 
 
 def test_report_task_publishes_artifacts(prefect_server, toy, tmp_path):

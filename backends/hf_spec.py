@@ -1,0 +1,140 @@
+"""What an `hf:` model id names, and the settings it implies (the cache key), without loading it.
+
+`hf:org/repo@rev` pins a revision; `hf:org/repo` is keyed by the commit its `main` points to (asked
+of the hub when online, else read from the local HF cache, else "unresolved"); a local dir is keyed
+by a content hash of its files, so that retraining or editing a model in place is a new key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+from backends.base import DescriberUnavailable
+from backends.device import pick_device, pick_dtype
+
+CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
+DEFAULT_BATCH_SIZE = 8
+UNRESOLVED = "unresolved"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def is_local(spec: str) -> bool:
+    """Hub ids are `org/name`; anything that starts like a filesystem path is meant as a local dir."""
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """(repo id or dir, revision): `org/repo@rev` pins a revision; a local path is taken whole."""
+    if is_local(spec):
+        return spec, None
+    name, sep, revision = spec.rpartition("@")
+    return (name, revision) if sep and name and revision else (spec, None)
+
+
+def model_name(spec: str) -> str:
+    """The repo id, or the dir's own name: stable across machines, unlike an absolute path."""
+    name, _ = parse_spec(spec)
+    return Path(name).expanduser().name if is_local(name) else name
+
+
+def trust_remote_code() -> bool:
+    """Models whose code lives in their repo run it only when the user opts in."""
+    return os.environ.get("WDYS_TRUST_REMOTE_CODE", "").strip().lower() in _TRUE
+
+
+def batch_size() -> int:
+    """Images (or class-description samples) per `generate()`: WDYS_HF_BATCH_SIZE, default 8."""
+    raw = os.environ.get("WDYS_HF_BATCH_SIZE", "").strip()
+    if not raw:
+        return DEFAULT_BATCH_SIZE
+    if not raw.isdigit() or int(raw) < 1:
+        raise DescriberUnavailable(f"WDYS_HF_BATCH_SIZE must be a positive integer, not {raw!r}")
+    return int(raw)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def hub_cache() -> Path:
+    """HF_HUB_CACHE or HF_HOME/hub as the environment says now (huggingface_hub reads it at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+@functools.cache
+def _resolve(repo: str, cache: Path, offline: bool) -> str:
+    """Once per process and repo, so that a download during the run cannot change the key."""
+    if not offline:
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().model_info(repo, revision="main", timeout=10).sha
+            if sha:
+                return sha
+        except Exception:  # no network, or a private repo: the local cache may still know
+            pass
+    ref = cache / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else UNRESOLVED
+
+
+def resolve_revision(repo: str) -> str:
+    """The commit `main` of a hub repo points to; never asks the network when HF_HUB_OFFLINE=1."""
+    return _resolve(repo, hub_cache(), _offline())
+
+
+@functools.cache
+def _hash_files(root: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in stamp:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(root, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def dir_content_hash(path: Path) -> str:
+    """sha256 over the names and contents of every file (config, weights, processor, chat template);
+    computed once per process while no file's size or mtime changes."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+    stamp = tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return "sha256:" + _hash_files(str(path), stamp)
+
+
+def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
+    """Everything the answers depend on, without loading the model: it becomes the cache key."""
+    name, pinned = parse_spec(spec)
+    if is_local(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise DescriberUnavailable(f"hf describer: model dir {name!r} does not exist; check the model id")
+        revision = dir_content_hash(path)
+    else:
+        revision = pinned or resolve_revision(name)
+    batch_size()  # a bad setting fails here, before any shard
+    settings: dict[str, object] = {
+        "backend": "hf",
+        "model": model_name(name),
+        "revision": revision,
+        "dtype": str(pick_dtype(pick_device())).removeprefix("torch."),
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "class_temperature": CLASS_TEMPERATURE,
+    }
+    if trust_remote_code():
+        settings["trust_remote_code"] = True
+    return settings
