@@ -46,6 +46,7 @@ def test_the_wheel_holds_the_data_files_and_the_console_script(wheel):
         "deployments/models.toml",
         "sources/embedded/cifar10/dev.parquet",
         "sources/embedded/cifar10/classes.json",
+        "storage/reference/openclip_zeroshot_top1.csv",
     ):
         assert data in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -31,7 +31,9 @@ def run(root: Path, **overrides) -> dict:
 
 
 def shards(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    """Result shards (not `key_values`, the lookup a run writes of what its slugs and hashes mean)."""
+    paths = (p for p in root.rglob("*.parquet") if p.relative_to(root).parts[0] != "key_values")
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in paths}
 
 
 def tables(paths) -> set[str]:
