@@ -20,10 +20,10 @@ from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 from pydantic import Field
 
 from backends.registry import validate_describer_id, validate_encoder_id
+from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
 from storage.errors import UserError
 from storage.keys import IMAGE_ONLY_RUN, AnswerSource, Selection
@@ -149,6 +149,7 @@ def benchmark(
     describers = pick_describers(encoders, describers)
     check_parameters(encoders, describers, class_weights, shard_size, shortlist)
     root = resolve_root(root)
+    check_cluster(root)  # on Dask: a GPU worker exists, and the workers see the root
     sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers]
     # Every dataset and split is opened before any task starts: a bad name fails in seconds.
     plans = [
@@ -303,16 +304,6 @@ def check_shortlist(shortlist: int | None, plans: list[ShardPlan]) -> None:
                 f"shortlist {shortlist} is larger than the {len(plan.class_names)} classes"
                 f" of {plan.selection.dataset}"
             )
-
-
-def dask_task_runner() -> DaskTaskRunner:
-    """The Dask scheduler at $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS (2)
-    single-threaded worker processes. Shards live on shared storage, so any worker can take any task."""
-    address = os.environ.get("WDYS_DASK_ADDRESS")
-    if address:
-        return DaskTaskRunner(address=address)
-    workers = int(os.environ.get("WDYS_DASK_WORKERS", "2"))
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
 
 
 # The same flow with its shard tasks on Dask (deployments pick it by entrypoint).

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from runs import tiny_run
 
 from backends import registry
 from flows.benchmark import benchmark
 from storage.errors import UserError
 
-BASE = dict(datasets=["cifar10"], splits=["dev"], limit=4, shard_size=4, class_samples=1)
+BASE = tiny_run(limit=4, seed=None)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ COMMANDS = {
     "run": ("flows.benchmark", "run the benchmark flow (the parameters of `python -m flows.benchmark`)"),
     "query": ("storage.query", 'SQL over the results catalog, read-only: wdys query "select * from metrics"'),
     "report": ("tasks.report", "write a report of the runs in a storage root"),
-    "deploy": ("deployments.deploy", "create the work pool, the `gpu` limit and the deployments"),
+    "deploy": ("deployments.deploy", "create the work pool and the deployments"),
 }
 
 # What `make` sets, for the console script too: no telemetry, no UI assets, Prefect's own INFO lines
