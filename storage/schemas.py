@@ -168,3 +168,8 @@ TABLES = {
         KEY_VALUES,
     )
 }
+
+# Key vocabularies, derived from the declarations above.
+DATA_KEYS = MANIFEST.partition_keys
+ANSWER_KEYS = DESCRIPTIONS.partition_keys  # one describer's answers of one kind
+RUN_KEYS = PREDICTIONS.partition_keys  # one run: data, encoder, answer source and class weighting
