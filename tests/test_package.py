@@ -47,6 +47,7 @@ def test_the_wheel_holds_the_data_files_and_the_console_script(wheel):
         "sources/embedded/cifar10/dev.parquet",
         "sources/embedded/cifar10/classes.json",
         "storage/reference/openclip_zeroshot_top1.csv",
+        "tasks/report/__init__.py",  # subpackages travel too
     ):
         assert data in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
