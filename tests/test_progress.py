@@ -135,6 +135,18 @@ def progress_lines() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
+def run_log(flow_run_id: uuid.UUID) -> list[str]:
+    """The messages of a flow run's log on the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # sends what is queued, and waits
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [log.message for log in logs]
+
+
 @pytest.mark.slow
 def test_a_run_reports_progress_and_names_what_it_filed(prefect_server, tmp_path):
     from prefect.artifacts import Artifact
@@ -151,11 +163,13 @@ def test_a_run_reports_progress_and_names_what_it_filed(prefect_server, tmp_path
         class_weights=["name"],
     )
     with progress_lines() as lines:
-        first = benchmark(**params)
+        state = benchmark(**params, return_state=True)
+    first = state.result()
     for stage in ("ingest", "describe", "embed", "class weights", "classify"):
         assert any(line.startswith(f"{stage}: done") for line in lines), (stage, lines)
     assert any("imagefolder" in line and "class folders directly under it" in line for line in lines)
     assert any("ETA" in line for line in lines)
+    assert any(line.startswith("describe: done") for line in run_log(state.state_details.flow_run_id))
     artifact = Artifact.get("wdys-progress-describe")
     data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert artifact.type == "progress" and float(data) == 100.0
