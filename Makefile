@@ -9,6 +9,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_UI_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+# Prefect's own INFO lines (one per task run) stay hidden; the run's progress lines are logged by
+# `prefect.flow_runs.progress` at a level of their own (tasks/progress.py), so they always show.
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export TOKENIZERS_PARALLELISM ?= false
 # torch's OpenMP threads sleep instead of spinning while they wait: the same speed on an idle
@@ -20,7 +22,7 @@ PREFECT_PORT ?= 4200
 SERVER_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_LOGGING_LEVEL=INFO
 API_ENV := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: setup run test lint format query bench server deploy worker clean
+.PHONY: setup run test lint format query bench server deploy worker wheel clean
 
 $(BIN)/.installed: requirements.lock
 	@echo "Installing pinned dependencies into $(VENV) (a few minutes the first time)..."
@@ -32,7 +34,7 @@ setup: $(BIN)/.installed
 
 # The in-process temporary Prefect server logs spurious errors when it shuts down; hide only those.
 run: setup
-	PREFECT_SERVER_LOGGING_LEVEL=CRITICAL $(BIN)/python -m flows.benchmark $(ARGS)
+	PREFECT_SERVER_LOGGING_LEVEL=CRITICAL $(BIN)/python -m wdys run $(ARGS)
 
 test: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -58,7 +60,11 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 query: setup
-	$(BIN)/python -m storage.query "$(SQL)"
+	$(BIN)/python -m wdys query "$(SQL)"
+
+# The installable package (console script `wdys`), built offline with the environment's setuptools.
+wheel: setup
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation . -w dist
 
 clean:
-	rm -rf $(VENV) data .wdys .prefect
+	rm -rf $(VENV) data .wdys .prefect build dist

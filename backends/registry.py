@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from backends.base import Describer, Encoder
+from storage.errors import BadParameter
 
 ENCODER_SCHEMES = ("open_clip", "offline")
 DESCRIBER_SCHEMES = ("hf", "openai", "offline")
@@ -28,20 +29,20 @@ _load_lock = threading.Lock()
 def split_model_id(model_id: str) -> tuple[str, str]:
     scheme, sep, spec = model_id.partition(":")
     if not sep or not spec:
-        raise ValueError(f"model id {model_id!r} has no scheme; expected e.g. 'open_clip:ViT-B-32/openai'")
+        raise BadParameter(f"model id {model_id!r} has no scheme; expected e.g. 'open_clip:ViT-B-32/openai'")
     return scheme, spec
 
 
 def _validate(model_id: str, role: str, schemes: tuple[str, ...]) -> tuple[str, str]:
     scheme, spec = split_model_id(model_id)
     if scheme not in schemes:
-        raise ValueError(f"unknown {role} scheme {scheme!r} in {model_id!r}; known: {schemes}")
+        raise BadParameter(f"unknown {role} scheme {scheme!r} in {model_id!r}; known: {schemes}")
     if scheme == "offline":
         from backends.offline import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS
 
         known = OFFLINE_ENCODERS if role == "encoder" else OFFLINE_DESCRIBERS
         if spec not in known:
-            raise ValueError(f"unknown offline {role} {spec!r}; known: {sorted(known)}")
+            raise BadParameter(f"unknown offline {role} {spec!r}; known: {sorted(known)}")
     return scheme, spec
 
 
@@ -65,14 +66,14 @@ def validate_open_clip_spec(spec: str) -> None:
     arch, pretrained = parse_spec(spec)
     if pretrained is None:
         if arch.startswith("local-dir:") and not Path(arch.removeprefix("local-dir:")).is_dir():
-            raise ValueError(f"open_clip local dir {arch.removeprefix('local-dir:')!r} does not exist")
+            raise BadParameter(f"open_clip local dir {arch.removeprefix('local-dir:')!r} does not exist")
         return
     if arch not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+        raise BadParameter(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
     if pretrained.startswith("hf-hub:") or Path(pretrained).is_file():
         return
     if pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-        raise ValueError(
+        raise BadParameter(
             f"open_clip {arch!r} has no pretrained tag {pretrained!r} and no such checkpoint file; "
             f"tags: {open_clip.list_pretrained_tags_by_model(arch)}"
         )

@@ -34,7 +34,9 @@ from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.describe import answer_source
 from tasks.evaluate import evaluate, format_table
+from tasks.lookup import record_keys
 from tasks.plan import ShardPlan, plan_dataset
+from tasks.progress import RunProgress
 from tasks.report import report as report_task
 
 DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
@@ -150,6 +152,7 @@ def benchmark(
     sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers] or [None]
     plans = open_plans(datasets, splits, Selection("", "", limit, sample_seed, shard_size))
     check_shortlist(shortlist, plans)
+    progress = RunProgress.attach()  # counts the tasks submitted below, stage by stage
     run = stages.Run(root)
     for plan in plans:
         manifests = stages.ingest(run, plan)
@@ -160,7 +163,8 @@ def benchmark(
             for source in sources:
                 texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
                 stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
-    results = run.wait()
+    results = progress.wait(run.futures)
+    record_keys(root, [p.selection for p in plans], encoders, [s for s in sources if s], class_weights)
     rows = evaluate(root, run.runs)
     return summarize(rows, results, root, report_task(root, run.runs), time.perf_counter() - started)
 
@@ -244,4 +248,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from wdys.cli import guarded  # a user's mistake: one `error: ...` line, exit status 2
+
+    sys.exit(guarded(main, sys.argv[1:]))

@@ -49,10 +49,20 @@ def clip_templates(class_name: str) -> list[str]:
     return [t(class_name) for t in OPENAI_IMAGENET_TEMPLATES]
 
 
+_HASHED: dict[str, str] = {}  # hash -> the JSON it was made from, for the run's `keys` lookup table
+
+
 def content_hash(obj: object, length: int = 10) -> str:
     """Stable short hash of a JSON-able value: the cache key of prompts and settings."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:length]
+    _HASHED.setdefault(digest, blob)
+    return digest
+
+
+def hashed_value(digest: str) -> str | None:
+    """The JSON a `content_hash` made in this process stood for, or None."""
+    return _HASHED.get(digest)
 
 
 def image_prompts_hash() -> str:

@@ -21,6 +21,7 @@ class DatasetSource:
     class_names: tuple[str, ...]
     num_rows: int
     read_rows: Callable[[Sequence[int]], pa.Table]  # rows -> a table with MANIFEST's columns
+    note: str = ""  # how the data was read (layout, columns used): logged when a run plans it
 
     def manifest(self, rows: Sequence[int]) -> pa.Table:
         table = self.read_rows(rows)

@@ -6,7 +6,8 @@ list comes from), whatever the data calls its classes. The data is read from the
 1. `$WDYS_<NAME>_DIR` (e.g. `WDYS_IMAGENET1K_DIR`), a copy the user already holds;
 2. `$WDYS_DATA_DIR/<name>/`;
 3. the team's shared copy, `shared/datasets/<name>/` (see `shared_datasets_dir`);
-4. the benchmark's Parquet export on the Hugging Face hub, through fsspec (`$WDYS_<NAME>_HUB`
+4. the copy shipped with the package, `sources/embedded/<name>/` (CIFAR-10's `dev` sample only);
+5. the benchmark's Parquet export on the Hugging Face hub, through fsspec (`$WDYS_<NAME>_HUB`
    replaces the built-in location).
 
 A local copy is either Hugging Face Parquet (`<split>-*.parquet`, `data/<split>-*.parquet`, ...,
@@ -24,7 +25,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import fsspec
@@ -34,8 +35,11 @@ import pyarrow.compute as pc
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
+from storage.errors import BadDataset, DatasetNotFound
 
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
+# Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
+EMBEDDED_DATASETS = Path(__file__).with_name("embedded")
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def _lookup(name: str) -> dict[str, int]:
 def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | None:
     """The canonical index of each of the copy's classes, or None when they are in canonical order."""
     if len(found) != bench.num_classes:
-        raise ValueError(
+        raise BadDataset(
             f"{where} has {len(found)} classes, but {bench.title} ({bench.name!r}) has "
             f"{bench.num_classes}: a copy must hold every class of the benchmark's class list, "
             "an ImageFolder one folder per class (an empty folder counts), see docs/datasets.md"
@@ -149,7 +153,7 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
     moved = [(found[i], j) for i, j in matched.items() if j is not None and j != i]
     if len(moved) > agree:
         unknown = [found[i] for i, j in matched.items() if j is None][:10]
-        raise ValueError(
+        raise BadDataset(
             f"{where}: the class names are {bench.title}'s but not in its order, and some are not "
             f"recognised ({unknown}), so the labels cannot be mapped; e.g. {moved[0][0]!r} is "
             f"class {moved[0][1]} ({bench.class_names[moved[0][1]]!r}); rename those classes"
@@ -185,6 +189,9 @@ def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
     shared = shared_datasets_dir() / bench.name
     if shared.exists():
         copies.append((str(shared), False))
+    embedded = EMBEDDED_DATASETS / bench.name
+    if embedded.exists():
+        copies.append((str(embedded), False))
     return copies
 
 
@@ -197,7 +204,7 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
     for location, explicit in _local_copies(bench):
         source, where = _open_copy(bench, location, names), location
         if source is None and explicit:
-            raise FileNotFoundError(
+            raise DatasetNotFound(
                 f"{bench.env_prefix}_DIR={location} has no split {split!r} (looked for {list(names)} "
                 "as Parquet files or ImageFolder split folders)"
             )
@@ -206,12 +213,12 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
     if source is None:
         hub = os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
         if split in bench.local_only_splits:
-            raise FileNotFoundError(
+            raise DatasetNotFound(
                 f"{bench.name} split {split!r} is only in a local copy, found none "
                 f"({bench.env_prefix}_DIR, $WDYS_DATA_DIR/{bench.name}, {shared_datasets_dir() / bench.name})"
             )
         if not hub:
-            raise FileNotFoundError(
+            raise DatasetNotFound(
                 f"no Parquet export of {bench.title} is known on the hub: put a copy at "
                 f"$WDYS_DATA_DIR/{bench.name} or {bench.env_prefix}_DIR, or set {bench.env_prefix}_HUB"
             )
@@ -219,14 +226,15 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
         try:
             source = open_parquet(bench.name, hub, hub_split, class_names=bench.class_names)
         except Exception as exc:  # offline, gated, or no such split: say what was looked for
-            raise FileNotFoundError(
+            raise DatasetNotFound(
                 f"{bench.name} split {split!r}: no local copy ({bench.env_prefix}_DIR, $WDYS_DATA_DIR/"
                 f"{bench.name}, {shared_datasets_dir() / bench.name}) and the hub copy {hub} could not be "
                 f"read: {type(exc).__name__}: {exc}. The evaluation split is {bench.split!r}."
             ) from exc
         where = hub
     order = align(bench, source.class_names, f"{where} ({source.split})")
-    return relabel(source, bench.name, split, bench.class_names, order)
+    relabelled = relabel(source, bench.name, split, bench.class_names, order)
+    return replace(relabelled, note=f"{bench.name} {split}: {source.note or where}")
 
 
 def relabel(

@@ -1,4 +1,5 @@
-"""ImageFolder layout: `<root>/<split>/<class name>/<image>`; classes are the sorted folder names.
+"""ImageFolder layouts: `<root>/<split>/<class name>/<image>`, or torchvision's `<root>/<class name>/<image>`
+(no split folders: the whole folder is the split asked for). Classes are the sorted folder names.
 
 The manifest keeps each image's URI rather than its bytes: the file stays where the user has it.
 """
@@ -11,33 +12,61 @@ import fsspec
 import pyarrow as pa
 
 from sources.base import DatasetSource, image_ids
+from storage.errors import BadDataset, DatasetNotFound
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _subfolders(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
+    """The sorted names of `folder`'s visible subfolders (`.ipynb_checkpoints` is not a class)."""
+    entries = fs.ls(folder, detail=True)
+    names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+    return sorted(n for n in names if not n.startswith("."))
+
+
+def _images_by_folder(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, list[str]]:
+    """Image files per first-level subfolder of `folder`, at any depth below it, in one walk."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(fs.find(folder)):
+        first, sep, _ = path[len(folder) + 1 :].partition("/")
+        if sep and path.lower().endswith(IMAGE_SUFFIXES):
+            found.setdefault(first, []).append(path)
+    return found
+
+
+def class_folder(fs: fsspec.AbstractFileSystem, location: str, split: str) -> str:
+    """The folder whose subfolders are the classes of `split`: `<root>/<split>` when it exists, else
+    the root itself when it holds class folders of images (torchvision's layout)."""
+    root = fsspec.core.url_to_fs(location)[1].rstrip("/")
+    if not fs.isdir(root):
+        raise DatasetNotFound(f"imagefolder {location}: no such folder")
+    if fs.isdir(f"{root}/{split}"):
+        return f"{root}/{split}"
+    folders = _subfolders(fs, root)
+    images = (p for f in folders for p in fs.ls(f"{root}/{f}", detail=False))
+    if any(p.lower().endswith(IMAGE_SUFFIXES) for p in images):  # stops at the first image
+        return root
+    hint = f"; its folders {folders[:8]} look like splits: pass one with --splits" if folders else ""
+    raise DatasetNotFound(
+        f"imagefolder {location}: no split folder {split!r} and no class folders of images"
+        f" (expected <folder>/<class>/<image> or <folder>/<split>/<class>/<image>){hint}"
+    )
 
 
 def open_imagefolder(name: str, location: str, split: str) -> DatasetSource:
     """Every class folder is a class, an empty one too (a class list is the folders, not the images
     found); hidden folders (`.ipynb_checkpoints`) are not classes."""
-    fs, root = fsspec.core.url_to_fs(location)
-    split_dir = f"{root.rstrip('/')}/{split}"
-    if not fs.isdir(split_dir):
-        raise FileNotFoundError(f"no split folder {split!r} under {location!r}")
-    entries = fs.ls(split_dir, detail=True)
-    classes = sorted(
-        e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"
-    )
-    classes = [c for c in classes if not c.startswith(".")]
+    fs = fsspec.core.url_to_fs(location)[0]
+    folder = class_folder(fs, location, split)
+    classes = _subfolders(fs, folder)
     if not classes:
-        raise ValueError(f"{split_dir} has no class folders")
-    index = {cls: i for i, cls in enumerate(classes)}
-    items: list[tuple[str, int]] = []
-    for path in sorted(fs.find(split_dir)):  # one walk of the split, however many classes
-        cls, sep, _ = path[len(split_dir) + 1 :].partition("/")
-        if sep and cls in index and path.lower().endswith(IMAGE_SUFFIXES):
-            items.append((path, index[cls]))
-    items.sort(key=lambda item: item[1])  # class by class, each class's files sorted
+        raise BadDataset(f"imagefolder {location}: {folder} has no class folders")
+    by_class = _images_by_folder(fs, folder)
+    items = [(path, i) for i, cls in enumerate(classes) for path in by_class.get(cls, [])]
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    layout = "split folders" if folder.endswith(f"/{split}") else "class folders directly under it"
+    note = f"imagefolder {location}: {len(items)} images in {len(classes)} classes ({layout})"
 
     def read_rows(rows: Sequence[int]) -> pa.Table:
         return pa.table(
@@ -50,4 +79,4 @@ def open_imagefolder(name: str, location: str, split: str) -> DatasetSource:
             }
         )
 
-    return DatasetSource(name, split, tuple(classes), len(items), read_rows)
+    return DatasetSource(name, split, tuple(classes), len(items), read_rows, note)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from sources.base import DatasetSource, image_ids
+from storage.errors import BadDataset, DatasetNotFound
 
 IMAGE_COLUMNS = ("img", "image", "jpg", "jpeg", "png", "webp")  # the last four: WebDataset exports
 LABEL_COLUMNS = ("label", "fine_label", "labels", "cls")
@@ -25,6 +26,8 @@ def split_files(location: str, split: str) -> tuple[fsspec.AbstractFileSystem, l
     conversions (`refs/convert/parquet`), `<config>/<split>/*.parquet`."""
     fs, root = fsspec.core.url_to_fs(location)
     if root.endswith(".parquet"):
+        if not fs.exists(root):
+            raise DatasetNotFound(f"parquet {location}: no such file")
         return fs, [root]
     root = root.rstrip("/")
     patterns = (
@@ -39,14 +42,33 @@ def split_files(location: str, split: str) -> tuple[fsspec.AbstractFileSystem, l
         files = sorted(fs.glob(pattern))
         if files:
             return fs, files
-    raise FileNotFoundError(f"no Parquet files for split {split!r} under {location!r}")
+    if not fs.exists(root):
+        raise DatasetNotFound(f"parquet {location}: no such file or folder")
+    raise DatasetNotFound(f"no Parquet files for split {split!r} under {location!r}")
 
 
-def _pick(names: Sequence[str], candidates: Sequence[str], what: str) -> str:
-    for c in candidates:
-        if c in names:
-            return c
-    raise ValueError(f"no {what} column among {list(names)}; expected one of {list(candidates)}")
+def _is_image(field: pa.Field) -> bool:
+    """Encoded image bytes: a binary column, or the Hugging Face `Image` struct (`bytes`, `path`)."""
+    t = field.type
+    return (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
+    )
+
+
+def _pick(schema: pa.Schema, candidates: Sequence[str], fits, what: str) -> str:
+    """The first known column name that fits, else the only column of the schema that fits."""
+    for name in candidates:
+        if name in schema.names and fits(schema.field(name)):
+            return name
+    fitting = [f.name for f in schema if fits(f)]
+    if len(fitting) == 1:
+        return fitting[0]
+    raise BadDataset(
+        f"no {what} column found among {schema.names} (tried {list(candidates)}"
+        f"{', several fit: ' + str(fitting) if fitting else ''}); rename the column"
+    )
 
 
 def class_names_from(
@@ -71,7 +93,9 @@ def class_names_from(
             return [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else list(names)
     if default is not None:
         return list(default)
-    raise ValueError(f"no class names for {files[0]}: no Hugging Face label metadata and no classes.json")
+    raise BadDataset(
+        f"no class names for {files[0]}: no Hugging Face label metadata and no classes.json beside it"
+    )
 
 
 def open_parquet(
@@ -80,9 +104,14 @@ def open_parquet(
     """`class_names` is used only where the files name no classes themselves."""
     fs, files = split_files(location, split)
     dataset = pads.dataset(files, filesystem=fs, format="parquet")
-    image_col = _pick(dataset.schema.names, IMAGE_COLUMNS, "image")
-    label_col = _pick(dataset.schema.names, LABEL_COLUMNS, "label")
+    image_col = _pick(dataset.schema, IMAGE_COLUMNS, _is_image, "image")
+    label_col = _pick(dataset.schema, LABEL_COLUMNS, lambda f: pa.types.is_integer(f.type), "integer label")
     classes = class_names_from(fs, files, dataset.schema, label_col, class_names)
+    count = dataset.count_rows()
+    note = (
+        f"parquet {location} ({split}): {count} rows in {len(files)} file(s); images from column "
+        f"{image_col!r}, labels from {label_col!r}, {len(classes)} classes"
+    )
 
     def read_rows(rows: Sequence[int]) -> pa.Table:
         table = dataset.take(pa.array(rows, pa.int64()), columns=[image_col, label_col])
@@ -98,4 +127,4 @@ def open_parquet(
             }
         )
 
-    return DatasetSource(name, split, tuple(classes), dataset.count_rows(), read_rows)
+    return DatasetSource(name, split, tuple(classes), count, read_rows, note)

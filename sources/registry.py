@@ -3,6 +3,9 @@
 Names: a registered benchmark (`imagenet1k`, `places365`, `sun397`, `food101`, `pets`, `dtd`,
 `cifar10`, `cifar100`, `cars`, `caltech101`: see `sources.benchmarks` and docs/datasets.md), or
 `parquet:<file, folder or URL>` and `imagefolder:<folder or URL>` for data the user already holds.
+An ImageFolder holds split folders (`<split>/<class>/<image>`) or, as torchvision's, class folders
+directly; Parquet's image and label columns are detected. A user's dataset is filed under a readable
+name (`storage.paths.dataset_name`), or the one given as `?name=<name>` after the location.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from sources.base import DatasetSource
 from sources.benchmarks import BENCHMARK_LIST, open_benchmark, shared_datasets_dir
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
+from storage.errors import BadParameter
+from storage.paths import DATASET_LAYOUTS, split_dataset_spec
 
 __all__ = [
     "BENCHMARKS",
@@ -28,6 +33,7 @@ __all__ = [
 Builder = Callable[[str], DatasetSource]  # split -> source
 BENCHMARKS: dict[str, Callable[[str], DatasetSource]] = {}
 LAYOUTS = {"parquet": open_parquet, "imagefolder": open_imagefolder}
+assert set(LAYOUTS) == set(DATASET_LAYOUTS), "storage.paths names the same layouts"
 
 
 def benchmark(name: str) -> Callable[[Builder], Builder]:
@@ -55,11 +61,15 @@ def list_benchmarks() -> list[BenchmarkInfo]:
 
 
 def open_dataset(name: str, split: str) -> DatasetSource:
-    layout, sep, location = name.partition(":")
-    if sep and layout in LAYOUTS:
+    """`name`: a registered benchmark, or `<layout>:<location>[?name=<readable name>]`."""
+    layout, location, given = split_dataset_spec(name)
+    if layout is not None:
+        if given in BENCHMARKS:
+            raise BadParameter(f"dataset {name!r}: name={given} is a registered benchmark's; choose another")
         return LAYOUTS[layout](name, location, split)
     if name in BENCHMARKS:
         return BENCHMARKS[name](split)
-    raise ValueError(
-        f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)} or 'parquet:<path>' / 'imagefolder:<path>'"
+    raise BadParameter(
+        f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}, or 'imagefolder:<folder>' / "
+        "'parquet:<file or folder>' for your own data (optionally '?name=<name>' after it)"
     )

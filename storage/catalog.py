@@ -53,15 +53,44 @@ left join by_run base
 order by {", ".join(RUN_KEYS)}, list_position({COMPONENT_ORDER}, r.components)
 """
 
+
 # Every recorded failure, one row per (image, stage, model): decoding or embedding an image, or a
-# describer answer that failed after its retries.
-ERRORS_SQL = """
+# describer answer that failed after its retries. `location` says where the image is: its file (an
+# ImageFolder's URI) or its row in the dataset (the location from `keys` where the run recorded it).
+def errors_sql(with_keys: bool) -> str:
+    where = "k.raw" if with_keys else "f.dataset"
+    keys = "left join keys k on k.key = 'dataset' and k.value = f.dataset" if with_keys else ""
+    return f"""
 create or replace view errors as
-select dataset, split, subset, image_id, 'image' as stage, encoder as model, error
-from image_embeddings where error is not null
-union all
-select dataset, split, subset, image_id, kind as stage, describer as model, error
-from descriptions where error is not null
+with failed as (
+    select dataset, split, subset, image_id, 'image' as stage, encoder as model, error
+    from image_embeddings where error is not null
+    union all
+    select dataset, split, subset, image_id, kind as stage, describer as model, error
+    from descriptions where error is not null
+)
+select f.dataset, f.split, f.subset, f.image_id,
+       coalesce(m.uri, {where} || ' (' || f.split || ') row ' || m.row) as location,
+       f.stage, f.model, f.error
+from failed f
+left join manifest m using (dataset, split, subset, image_id)
+{keys}
+"""
+
+
+# What each slug and hash in the tables stands for (tasks/lookup.py writes `key_values`), and the
+# models among them.
+KEYS_SQL = """
+create or replace view keys as
+select key, value, any_value(raw) as raw, any_value(meaning) as meaning
+from key_values group by key, value order by key, value
+"""
+
+MODELS_SQL = """
+create or replace view models as
+select key as role, value, raw as model_id, meaning ->> 'backend' as backend, meaning ->> 'model' as model,
+       meaning ->> 'revision' as revision
+from keys where key in ('encoder', 'describer') and value <> 'none'
 """
 
 # Why images were left out of a run's metrics: the first error recorded for the image.
@@ -111,8 +140,12 @@ def create_views(
             "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
         )
         made.append(name)
-    if {"image_embeddings", "descriptions"} <= set(made):
-        con.execute(ERRORS_SQL)
+    if "key_values" in made:
+        con.execute(KEYS_SQL)
+        con.execute(MODELS_SQL)
+        made += ["keys", "models"]
+    if {"image_embeddings", "descriptions", "manifest"} <= set(made):
+        con.execute(errors_sql("keys" in made))
         made.append("errors")
     if "predictions" in made:
         con.execute(METRICS_SQL)

@@ -15,12 +15,14 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from storage.errors import BadParameter
 from storage.schemas import TABLES, Table
 
 DEFAULT_ROOT = "./data"
 NONE = "none"  # partition value for a key that does not apply (e.g. no describer)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_VALUE = 80
+DATASET_LAYOUTS = ("parquet", "imagefolder")  # `<layout>:<location>` names a user's own dataset
 
 
 def resolve_root(root: str | None = None) -> str:
@@ -32,7 +34,7 @@ def resolve_root(root: str | None = None) -> str:
     if "://" not in root:
         root = os.path.abspath(os.path.expanduser(root))
     elif urlsplit(root).password is not None:
-        raise ValueError(
+        raise BadParameter(
             "the storage root must not hold credentials; set them in the environment "
             "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or the filesystem's config"
         )
@@ -48,20 +50,45 @@ def check_protocol(root: str) -> None:
     try:
         fsspec.get_filesystem_class(protocol)
     except (ValueError, ImportError) as exc:
-        raise ValueError(
+        raise BadParameter(
             f"storage root {root!r}: unknown or unavailable protocol {protocol!r} ({exc})"
         ) from exc
     if not rest.strip("/"):
-        raise ValueError(f"storage root {root!r} names no bucket or path")
+        raise BadParameter(f"storage root {root!r} names no bucket or path")
 
 
 def is_local(root: str) -> bool:
     return "://" not in root or root.startswith("file://")
 
 
+def split_dataset_spec(spec: str) -> tuple[str | None, str, str | None]:
+    """(layout, location, name) of a user's dataset spec `<layout>:<location>[?name=<name>]`, or
+    (None, spec, None) for a registered benchmark's name."""
+    layout, sep, rest = spec.partition(":")
+    if not sep or layout not in DATASET_LAYOUTS:
+        return None, spec, None
+    location, _, query = rest.partition("?name=")
+    return layout, location, query or None
+
+
+def dataset_name(spec: str) -> str:
+    """The readable name a dataset's results are filed under: a benchmark's own name; the name a
+    user gave (`imagefolder:/data/photos?name=pets`); else the folder or file name plus a short hash
+    of the full location, which keeps two folders called `photos` apart."""
+    layout, location, name = split_dataset_spec(spec)
+    if layout is None or name:
+        return name or spec
+    location = location.rstrip("/")
+    stem = location.rsplit("/", 1)[-1].removesuffix(".parquet") or layout
+    return f"{stem}-{hashlib.sha256(location.encode()).hexdigest()[:6]}"
+
+
 def partition_value(value: object) -> str:
     """A path-safe rendering of a key value: model ids like 'open_clip:ViT-B-32/openai' become
-    'open_clip_ViT-B-32_openai'; overly long values (local checkpoint paths) keep a hash suffix."""
+    'open_clip_ViT-B-32_openai', a user's dataset spec its `dataset_name`; overly long values (local
+    checkpoint paths) keep a hash suffix."""
+    if isinstance(value, str) and split_dataset_spec(value)[0]:
+        value = dataset_name(value)
     text = _UNSAFE.sub("_", str(value)).strip("_") or NONE
     if len(text) > _MAX_VALUE:
         digest = hashlib.sha256(str(value).encode()).hexdigest()[:10]

@@ -9,6 +9,7 @@ import argparse
 import os
 
 from storage.catalog import connect, local_catalog_path
+from storage.errors import UserError
 from storage.paths import catalog_path, is_local, resolve_root
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     root = resolve_root(args.root)
     database = catalog_path(root) if is_local(root) else local_catalog_path(root)
     if not os.path.exists(database):
-        raise SystemExit(f"no catalog at {database}: run the benchmark first (make run)")
+        raise UserError(f"no catalog at {database}: run the benchmark first (make run, or wdys run)")
     with connect(root, database, read_only=True) as con:
         con.sql(args.sql).show(max_rows=10_000, max_width=10_000)
 

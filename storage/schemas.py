@@ -141,6 +141,20 @@ PREDICTIONS = Table(
     ),
 )
 
+# What each partition value stands for (a model id, a dataset's location, the prompt texts or the
+# generation settings behind a hash): written by every run, read through the `keys` view.
+KEY_VALUES = Table(
+    "key_values",
+    (),
+    1,
+    (
+        pa.field("key", pa.string(), nullable=False),  # the partition key: encoder, prompts, gen, ...
+        pa.field("value", pa.string(), nullable=False),  # its value in the paths and the tables
+        pa.field("raw", pa.string(), nullable=False),  # the value as given (model id, dataset spec)
+        pa.field("meaning", pa.string()),  # JSON: what a hash was made from, a model's backend, ...
+    ),
+)
+
 TABLES = {
     t.name: t
     for t in (
@@ -151,6 +165,7 @@ TABLES = {
         CLASS_DESCRIPTIONS,
         CLASS_WEIGHTS,
         PREDICTIONS,
+        KEY_VALUES,
     )
 }
 

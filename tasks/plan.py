@@ -10,6 +10,8 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from sources.registry import open_dataset
 from storage.keys import Selection
+from storage.paths import partition_value
+from tasks.progress import run_logger
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ def select_rows(num_rows: int, limit: int | None, seed: int | None) -> list[int]
 @task(cache_policy=NO_CACHE, name="plan")
 def plan_dataset(selection: Selection) -> ShardPlan:
     source = open_dataset(selection.dataset, selection.split)
+    if source.note:
+        run_logger().info("%s; filed as dataset %r", source.note, partition_value(selection.dataset))
     rows = select_rows(source.num_rows, selection.limit, selection.seed)
     size = selection.shard_size
     shards = tuple(tuple(rows[i : i + size]) for i in range(0, len(rows), size))

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
+
+# The suite needs no `../shared` beside the checkout: the shared-copy lookup sees an empty folder
+# (the CIFAR-10 `dev` sample ships with the code) unless the caller points it somewhere.
+os.environ.setdefault("WDYS_SHARED_DATASETS", tempfile.mkdtemp(prefix="wdys-no-shared-"))
 
 for key, value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -21,7 +21,7 @@ from backends.hf_describer import HFDescriber
 from backends.hf_sampling import SeededGumbel, completion_length
 from backends.hf_spec import settings_for
 from backends.registry import describer_settings, load_describer
-from sources.registry import shared_datasets_dir
+from sources.benchmarks import EMBEDDED_DATASETS
 
 MAX_NEW_TOKENS = 8
 PROMPT = "Describe the image."
@@ -51,7 +51,7 @@ def describer(model_dir: Path) -> HFDescriber:
 @pytest.fixture(scope="module")
 def photos() -> list[Image.Image]:
     """Three real CIFAR-10 photographs, resized apart so that their prompts differ in length."""
-    path = shared_datasets_dir() / "cifar10" / "dev.parquet"
+    path = EMBEDDED_DATASETS / "cifar10" / "dev.parquet"
     if not path.exists():
         pytest.skip(f"no local CIFAR-10 dev split at {path}")
     rows = next(pq.ParquetFile(path).iter_batches(batch_size=3, columns=["img"])).to_pylist()

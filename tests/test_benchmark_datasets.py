@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from sources import benchmarks
 from sources.benchmarks import BENCHMARKS_BY_NAME, _classnames, align, name_key
 from sources.images import decode_manifest
 from sources.registry import BENCHMARKS, list_benchmarks, open_dataset
@@ -215,6 +216,7 @@ def test_a_copy_missing_classes_is_a_clear_error(tmp_path, monkeypatch):
 def test_missing_copies_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="WDYS_DATA_DIR/places365"):
         open_dataset("places365", "val")  # no hub export known
+    monkeypatch.setattr(benchmarks, "EMBEDDED_DATASETS", tmp_path / "no-embedded-copy")
     with pytest.raises(FileNotFoundError, match="only in a local copy"):
         open_dataset("cifar10", "dev")
     monkeypatch.setenv("WDYS_DTD_DIR", str(tmp_path))

@@ -17,7 +17,7 @@ import pytest
 
 from flows.benchmark import benchmark
 from method.fusion import component_subsets, normalize, subset_name
-from sources.registry import shared_datasets_dir
+from sources.benchmarks import EMBEDDED_DATASETS
 from storage.io import read_table
 
 ENCODER, DESCRIBER = "offline:conse-lite0-minilm", "offline:lite2-labels"
@@ -31,7 +31,9 @@ def run(root: Path, **overrides) -> dict:
 
 
 def shards(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    """Result shards (not `key_values`, the lookup a run writes of what its slugs and hashes mean)."""
+    paths = (p for p in root.rglob("*.parquet") if p.relative_to(root).parts[0] != "key_values")
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in paths}
 
 
 def tables(paths) -> set[str]:
@@ -234,7 +236,7 @@ def test_shortlist_recomputes_only_the_guesses_and_what_follows(first_run):
         "kind=prediction" in p and "shortlist=top3-" in p for p in new if not p.startswith("predictions")
     )
     assert {r["shortlist"] for r in result["metrics"]} == {"top3"} and len(result["metrics"]) == 35
-    names = json.loads((shared_datasets_dir() / "cifar10" / "classes.json").read_text())
+    names = json.loads((EMBEDDED_DATASETS / "cifar10" / "classes.json").read_text())
     for path in (p for p in new if p.startswith("descriptions")):
         table = read_table(str(root / path)).to_pylist()
         assert all(len(r["classes"]) == 3 for r in table)

@@ -63,6 +63,7 @@ def test_s3_root_writes_the_same_metrics_and_shards_as_a_local_root(runs):
         "text_embeddings",
         "class_weights",
         "predictions",
+        "key_values",  # the run's lookup of what its slugs and hashes stand for
     }  # no class descriptions: neither weighting uses them
 
 

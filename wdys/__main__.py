@@ -1,0 +1,7 @@
+"""`python -m wdys` is the `wdys` command."""
+
+import sys
+
+from wdys.cli import main
+
+sys.exit(main())
