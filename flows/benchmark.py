@@ -28,7 +28,7 @@ from flows import stages
 from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
-from storage.errors import UserError
+from storage.errors import BadParameter, UserError
 from storage.keys import Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
@@ -73,13 +73,13 @@ def check_parameters(
         validate_describer_id(d)
     unknown = set(weightings) - set(CLASS_WEIGHTINGS)
     if unknown:
-        raise ValueError(f"unknown class weightings {sorted(unknown)}; known: {list(CLASS_WEIGHTINGS)}")
+        raise BadParameter(f"unknown class weightings {sorted(unknown)}; known: {list(CLASS_WEIGHTINGS)}")
     if not describers and not image_only_weightings(weightings):
-        raise ValueError(f"class weightings {list(weightings)} need a describer's class descriptions")
+        raise BadParameter(f"class weightings {list(weightings)} need a describer's class descriptions")
     if not describers and shortlist is not None:
-        raise ValueError("a shortlist needs a describer: it lists classes in the describer's prompt")
+        raise BadParameter("a shortlist needs a describer: it lists classes in the describer's prompt")
     if shard_size < 1:
-        raise ValueError("shard_size must be positive")
+        raise BadParameter("shard_size must be positive")
 
 
 def image_only_weightings(weightings: list[str]) -> list[str]:
@@ -94,7 +94,7 @@ def task_threads() -> int:
     first in, first out, so a bounded pool cannot deadlock."""
     threads = int(os.environ.get("WDYS_TASK_THREADS", "4"))
     if threads < 2:
-        raise ValueError("WDYS_TASK_THREADS must be at least 2: one shard computes while the next is read")
+        raise BadParameter("WDYS_TASK_THREADS must be at least 2: one shard computes while the next is read")
     return threads
 
 
@@ -205,7 +205,7 @@ def summarize(
 def check_shortlist(shortlist: int | None, plans: list[ShardPlan]) -> None:
     for plan in plans:
         if shortlist is not None and shortlist > len(plan.class_names):
-            raise ValueError(
+            raise BadParameter(
                 f"shortlist {shortlist} is larger than the {len(plan.class_names)} classes"
                 f" of {plan.selection.dataset}"
             )
