@@ -1,0 +1,125 @@
+"""One adaptive in-flight budget per describer endpoint, shared by every task of the process.
+
+A batching server (vLLM, SGLang) is fast only when many requests wait on it at once, so requests are
+not bounded per shard call but per endpoint and model: every shard asking the same server draws on
+one budget, and a shard's slow requests leave their slots to the next shard's. The budget counts
+HTTP attempts on the wire (the client's own retries take a slot each; their backoff sleeps hold
+none), so nothing is sent twice or dropped by it: it only decides when an attempt may start.
+
+It adapts like TCP's congestion window (AIMD): an overload answer (429, 503) cuts the limit to
+`CUT` of itself, at most once per round of requests, and pauses new attempts for the answer's
+Retry-After; each success adds 1/limit, so the limit grows by one per round back to its ceiling.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from typing import Any
+
+import httpx2
+import openai
+
+OVERLOAD_STATUSES = (429, 503)
+CUT = 0.75  # a gentle cut: a server at capacity C keeps the limit between 0.75 C and C
+MAX_PAUSE_S = 60.0  # the most a Retry-After may stop new requests (the client caps its own wait alike)
+
+
+def retry_after_s(headers: httpx2.Headers) -> float | None:
+    """Seconds a response asks the client to wait (`retry-after-ms`, `retry-after` seconds or date)."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+    return None
+
+
+class InflightBudget:
+    """How many requests may be on the wire to one endpoint at once, adapted to its answers."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = float(self.ceiling)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cuts = 0
+        self._admitted = 0  # tickets handed out; a cut is taken once per round of them
+        self._cut_at = 0
+        self._paused_until = 0.0
+        self._cond = threading.Condition()
+
+    def set_ceiling(self, ceiling: int) -> None:
+        """A later load may ask for another ceiling (the environment changed): the newest one holds."""
+        with self._cond:
+            self.ceiling = max(1, ceiling)
+            self.limit = min(self.limit, self.ceiling)
+            self._cond.notify_all()
+
+    def acquire(self) -> int:
+        """Wait for a slot (and for any Retry-After pause to end); returns the attempt's ticket."""
+        with self._cond:
+            while True:
+                pause = self._paused_until - time.monotonic()
+                if pause <= 0 and self.in_flight < int(self.limit):
+                    break
+                self._cond.wait(timeout=pause if pause > 0 else None)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._admitted += 1
+            return self._admitted
+
+    def release(self, ticket: int, status: int | None, retry_after: float | None = None) -> None:
+        """Free the slot of an attempt that ended with `status` (None: no response at all)."""
+        with self._cond:
+            self.in_flight -= 1
+            if status in OVERLOAD_STATUSES:
+                if ticket > self._cut_at:  # attempts admitted before the last cut do not cut again
+                    self.limit = max(1.0, self.limit * CUT)
+                    self._cut_at = self._admitted
+                    self.cuts += 1
+                if retry_after:
+                    until = time.monotonic() + min(retry_after, MAX_PAUSE_S)
+                    self._paused_until = max(self._paused_until, until)
+            elif status is not None and status < 400:
+                self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+            self._cond.notify_all()
+
+
+class BudgetedHttpClient(openai.DefaultHttpxClient):
+    """The OpenAI client's HTTP client with every attempt (retries included) drawn from a budget."""
+
+    def __init__(self, budget: InflightBudget, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.budget = budget
+
+    def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:  # type: ignore[override]
+        ticket = self.budget.acquire()
+        status, wait = None, None
+        try:
+            response = super().send(request, **kwargs)
+            status, wait = response.status_code, retry_after_s(response.headers)
+            return response
+        finally:
+            self.budget.release(ticket, status, wait)
+
+
+_budgets: dict[tuple[str, str], InflightBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def budget_for(endpoint: str, model: str, ceiling: int) -> InflightBudget:
+    """The process-wide budget of one endpoint and model (every describer and task shares it)."""
+    with _budgets_lock:
+        budget = _budgets.get((endpoint, model))
+        if budget is None:
+            budget = _budgets[(endpoint, model)] = InflightBudget(ceiling)
+        elif budget.ceiling != max(1, ceiling):
+            budget.set_ceiling(ceiling)
+        return budget
