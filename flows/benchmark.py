@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from pydantic import Field
 
-from backends.registry import validate_describer_id, validate_encoder_id
+from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
 from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
 from storage.errors import UserError
 from storage.keys import IMAGE_ONLY_RUN, AnswerSource, Selection
@@ -146,6 +146,7 @@ def benchmark(
     started = time.perf_counter()
     describers = pick_describers(encoders, describers)
     check_parameters(encoders, describers, class_weights, shard_size, shortlist)
+    encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)
     sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers]
     # Every dataset and split is opened before any task starts: a bad name fails in seconds.
