@@ -168,16 +168,21 @@ def benchmark(
         guesses: dict[AnswerSource, list] = {src: [] for src in sources if src.shortlist is None}
         images: dict[str, list] = {encoder: [] for encoder in encoders}
         # Shard by shard: a shard's description and guess back to back (the describer reads it once),
-        # and its image embeddings beside them, so the describer and the encoders work side by side.
-        for s in shards:
-            for src in sources:
-                descriptions[src].append(describe_shard.submit(root, parts[s], src, wait_for=[manifests[s]]))
+        # and its image embeddings beside the first describer's, so describer and encoders work side
+        # by side. One describer's shards come one after another: a VLM is loaded once per stage
+        # (at most one stays resident per device, backends.hf_resident).
+        for i, src in enumerate(sources or [None]):
+            for s in shards:
+                if src in descriptions:
+                    descriptions[src].append(
+                        describe_shard.submit(root, parts[s], src, wait_for=[manifests[s]])
+                    )
                 if src in guesses:
                     guesses[src].append(predict_shard.submit(root, parts[s], src, wait_for=[manifests[s]]))
-            for encoder in encoders:
-                images[encoder].append(
-                    embed_images_shard.submit(root, parts[s], encoder, wait_for=[manifests[s]])
-                )
+                for encoder in encoders if i == 0 else ():
+                    images[encoder].append(
+                        embed_images_shard.submit(root, parts[s], encoder, wait_for=[manifests[s]])
+                    )
         class_answers = {
             src: describe_classes.submit(root, dataset, names, src)
             for src in sources
