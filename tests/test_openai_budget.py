@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import pytest
 
-from backends.inflight import CUT, InflightBudget, budget_for, retry_after_s
+from backends.inflight import InflightBudget, budget_for, retry_after_s
 from backends.openai_describer import OpenAIDescriber
 from tasks.cache import exclusive
 from tests.fake_chat_server import FakeChatServer, images, serving
@@ -93,46 +93,67 @@ def test_overload_shrinks_the_budget_and_loses_or_repeats_nothing(
     assert budget.limit < 16
 
 
+def test_refused_among_others_is_sent_again_when_a_slot_frees(
+    server: FakeChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WDYS_OPENAI_CONCURRENCY", "8")
+    monkeypatch.setenv("WDYS_OPENAI_MAX_RETRIES", "0")  # no client retries: only the budget resends
+    server.delay_s = 0.3
+    server.capacity = 4
+
+    answers = OpenAIDescriber.load(f"m-{uuid.uuid4().hex[:6]}", 30).describe(sized(8), "Describe")
+
+    assert all(a.error is None for a in answers)
+    assert server.overloaded >= 1 and len(server.spans) == 8
+
+
 def test_retry_after_pauses_new_requests() -> None:
     budget = InflightBudget(4)
-    ticket = budget.acquire()
-    budget.release(ticket, 429, retry_after=0.4)
+    budget.acquire()
+    budget.release(429, retry_after=0.4)
     started = time.monotonic()
-    budget.release(budget.acquire(), 200)
+    budget.acquire()
     assert time.monotonic() - started >= 0.35
-    assert budget.limit == pytest.approx(4 * CUT + 1 / (4 * CUT))
+    budget.release(200)
+    assert budget.limit == 2  # refused alone: down to 1, then one success adds 1/1
 
 
-def test_a_cut_per_round_then_growth_back_to_the_ceiling() -> None:
+def test_refusals_bring_the_limit_to_what_the_server_took_then_it_grows_back() -> None:
     budget = InflightBudget(8)
-    tickets = [budget.acquire() for _ in range(8)]
-    for t in tickets:
-        budget.release(t, 429)
-    assert budget.limit == 8 * CUT and budget.cuts == 1  # one round of refusals is one cut
-    budget.release(budget.acquire(), 503)
-    assert budget.limit == 8 * CUT * CUT and budget.cuts == 2
+    for _ in range(8):
+        budget.acquire()
+    for _ in range(3):
+        budget.release(429)  # the server refused three of eight at once: it took five
+    assert budget.limit == 5 and budget.cuts == 3 and budget.in_flight == 5
     limits = []
+    for _ in range(5):
+        budget.release(200)
+        limits.append(budget.limit)
+    assert 5 < limits[0] < limits[-1] < 6  # one more per round of successes
     for _ in range(40):
-        budget.release(budget.acquire(), 200)
+        budget.acquire()
+        budget.release(200)
         limits.append(budget.limit)
     assert limits == sorted(limits) and limits[-1] == 8
-    budget.release(budget.acquire(), 500)  # an error that is not overload neither cuts nor grows
-    assert budget.limit == 8 and budget.cuts == 2
+    budget.acquire()
+    budget.release(500)  # an error that is not overload neither cuts nor grows
+    assert budget.limit == 8 and budget.cuts == 3
 
 
 def test_slots_bound_attempts_and_are_returned_on_errors() -> None:
     budget = InflightBudget(2)
-    a, b = budget.acquire(), budget.acquire()
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(budget.acquire()))
+    budget.acquire()
+    budget.acquire()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(budget.acquire() is None))
     waiter.start()
     time.sleep(0.1)
     assert got == [] and budget.in_flight == 2
-    budget.release(a, None)  # a dropped connection frees its slot
+    budget.release(None)  # a dropped connection frees its slot
     waiter.join(timeout=2)
-    assert got == [3] and budget.in_flight == 2
-    budget.release(b, 200)
-    budget.release(got[0], 200)
+    assert got == [True] and budget.in_flight == 2
+    budget.release(200)
+    budget.release(200)
     assert budget.in_flight == 0 and budget.max_in_flight == 2
 
 
