@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import httpx2
@@ -46,7 +47,12 @@ def retry_after_s(headers: httpx2.Headers) -> float | None:
 
 
 class InflightBudget:
-    """How many requests may be on the wire to one endpoint at once, adapted to its answers."""
+    """How many requests may be on the wire to one endpoint at once, adapted to its answers.
+
+    Waiting attempts are admitted first come, first served (a retry goes first): the shard that asked
+    first finishes first, so shards end one after another and the next shard's task starts while the
+    others keep the server busy (admitted in random order, all shards ended together and the server
+    idled while their tasks started again)."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = max(1, ceiling)
@@ -55,31 +61,50 @@ class InflightBudget:
         self.max_in_flight = 0
         self.cuts = 0
         self._paused_until = 0.0
-        self._cond = threading.Condition()
+        self._waiting: deque[threading.Event] = deque()
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     def set_ceiling(self, ceiling: int) -> None:
         """A later load may ask for another ceiling (the environment changed): the newest one holds."""
-        with self._cond:
+        with self._lock:
             self.ceiling = max(1, ceiling)
             self.limit = min(self.limit, self.ceiling)
-            self._cond.notify_all()
+            self._admit()
 
-    def acquire(self) -> None:
-        """Wait for a slot (and for any Retry-After pause to end)."""
-        with self._cond:
-            while True:
-                pause = self._paused_until - time.monotonic()
-                if pause <= 0 and self.in_flight < int(self.limit):
-                    break
-                self._cond.wait(timeout=pause if pause > 0 else None)
+    def acquire(self, first: bool = False) -> None:
+        """Wait for a slot (and for any Retry-After pause to end); `first` jumps the queue."""
+        admitted = threading.Event()
+        with self._lock:
+            self._waiting.appendleft(admitted) if first else self._waiting.append(admitted)
+            self._admit()
+        admitted.wait()
+
+    def _admit(self) -> None:
+        """Hand free slots to the longest waiting attempts (under the lock); during a pause, wake up
+        when it ends."""
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            if self._waiting and self._timer is None:
+                self._timer = threading.Timer(pause, self._pause_over)
+                self._timer.daemon = True
+                self._timer.start()
+            return
+        while self._waiting and self.in_flight < int(self.limit):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._waiting.popleft().set()
+
+    def _pause_over(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._admit()
 
     def release(self, status: int | None, retry_after: float | None = None) -> bool:
         """Free the slot of an attempt that ended with `status` (None: no response at all). True
         when it was refused for overload while others were in flight: fewer at once may help, so it
         is worth sending again as soon as a slot frees (refused alone, only waiting helps)."""
-        with self._cond:
+        with self._lock:
             crowded = status in OVERLOAD_STATUSES and self.in_flight > 1
             if status in OVERLOAD_STATUSES:
                 taken = min(self.limit, float(self.in_flight))  # this attempt included
@@ -92,7 +117,7 @@ class InflightBudget:
             elif status is not None and status < 400:
                 self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
             self.in_flight -= 1
-            self._cond.notify_all()
+            self._admit()
             return crowded
 
 
@@ -108,8 +133,9 @@ class BudgetedHttpClient(openai.DefaultHttpxClient):
         again as soon as the lowered budget has a slot (after any Retry-After), up to
         `OVERLOAD_RESENDS` times, before the client's own timed backoff: the server did not take
         it, so nothing is asked twice, and it does not sleep while its shard waits for it."""
+        retry = request.headers.get("x-stainless-retry-count", "0") != "0"  # the client's own retry
         for resend in range(OVERLOAD_RESENDS + 1):
-            self.budget.acquire()
+            self.budget.acquire(first=retry or resend > 0)
             status, wait, again = None, None, False
             try:
                 response = super().send(request, **kwargs)

@@ -163,3 +163,25 @@ def test_retry_after_header_forms() -> None:
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 <= (retry_after_s(httpx2.Headers({"retry-after": date})) or 0) <= 31
     assert retry_after_s(httpx2.Headers({})) is None
+
+
+def test_waiting_attempts_are_admitted_in_order_retries_first() -> None:
+    budget = InflightBudget(1)
+    budget.acquire()
+    order: list[str] = []
+
+    def wait(name: str, first: bool = False) -> None:
+        budget.acquire(first=first)
+        order.append(name)
+
+    threads = []
+    for name, first in (("a", False), ("b", False), ("c", False), ("retry", True)):
+        threads.append(threading.Thread(target=wait, args=(name, first)))
+        threads[-1].start()
+        time.sleep(0.05)  # queued in this order
+    for _ in range(4):
+        budget.release(200)
+        time.sleep(0.05)
+    for t in threads:
+        t.join(timeout=2)
+    assert order == ["retry", "a", "b", "c"]
