@@ -49,10 +49,10 @@ server: setup
 	$(SERVER_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 deploy: setup
-	$(API_ENV) $(BIN)/python -m deployments.deploy
+	$(API_ENV) $(BIN)/python -m deployments.deploy $(ARGS)
 
 worker: setup
-	$(API_ENV) PREFECT_LOGGING_LEVEL=INFO $(BIN)/prefect worker start --pool wdys-process
+	$(API_ENV) PREFECT_LOGGING_LEVEL=INFO $(BIN)/prefect worker start --pool $${WDYS_WORK_POOL:-wdys-process}
 
 bench: setup
 	$(BIN)/python -m benchmarks.bench $(ARGS)

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 
 import torch
 
 
 def pick_device() -> torch.device:
+    """$WDYS_DEVICE, else `cuda` when there is one, else the CPU, which it says (once per process):
+    a GPU worker without a working CUDA setup would otherwise run its models on the CPU unnoticed."""
     wanted = os.environ.get("WDYS_DEVICE")
     if wanted:
         return torch.device(wanted)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    _warn_cpu_fallback()
+    return torch.device("cpu")
+
+
+@functools.cache
+def _warn_cpu_fallback() -> None:
+    """To the Prefect run's log when inside one (the worker's task log), else to this module's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger("wdys.device")
+    logger.warning(
+        "no CUDA device is available on %s: models run on the CPU (set WDYS_DEVICE=cpu to say so)",
+        os.uname().nodename,
+    )
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:

@@ -12,6 +12,7 @@ once when its output shard already exists, so a rerun pays only for what is new.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -20,21 +21,19 @@ from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 from pydantic import Field
 
 from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
-from method.fusion import CLASS_WEIGHTINGS, SHORTLIST_WEIGHTING
+from flows import stages
+from flows.cli import add_flow_parameters, argument
+from flows.cluster import check_cluster, dask_task_runner
+from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
 from storage.errors import UserError
-from storage.keys import IMAGE_ONLY_RUN, AnswerSource, Selection
+from storage.keys import Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
-from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_task, describe_classes
-from tasks.classify import classify_shard
-from tasks.describe import answer_source, describe_shard, predict_shard
-from tasks.embed import embed_images_shard, embed_texts_shard
+from tasks.describe import answer_source
 from tasks.evaluate import evaluate, format_table
-from tasks.ingest import ingest_shard
 from tasks.plan import ShardPlan, plan_dataset
 from tasks.report import report as report_task
 
@@ -99,7 +98,7 @@ def task_threads() -> int:
 
 # Typed parameters: Prefect turns them into the deployment's JSON schema, so the server refuses a
 # wrong value before a run starts.
-ClassWeighting = Literal["name", "template", "templates", "descriptions", "sum"]
+ClassWeighting = Literal[CLASS_WEIGHTINGS]  # type: ignore[valid-type]
 Positive = Annotated[int, Field(ge=1)]
 Names = Annotated[list[str], Field(min_length=1)]
 
@@ -148,142 +147,44 @@ def benchmark(
     check_parameters(encoders, describers, class_weights, shard_size, shortlist)
     encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)
-    sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers]
-    # Every dataset and split is opened before any task starts: a bad name fails in seconds.
-    plans = [
-        plan_dataset(Selection(dataset, split, limit, sample_seed, shard_size))
+    check_cluster(root)  # on Dask: a GPU worker exists, and the workers see the root
+    sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers] or [None]
+    plans = open_plans(datasets, splits, Selection("", "", limit, sample_seed, shard_size))
+    check_shortlist(shortlist, plans)
+    run = stages.Run(root)
+    for plan in plans:
+        manifests = stages.ingest(run, plan)
+        answers, images = stages.answer(run, plan, manifests, sources, encoders)
+        class_answers = stages.describe_classes_of(run, plan, sources, class_weights)
+        for encoder in encoders:
+            weights = stages.class_weights(run, plan, encoder, sources, class_weights, class_answers)
+            for source in sources:
+                texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
+                stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
+    results = run.wait()
+    rows = evaluate(root, run.runs)
+    return summarize(rows, results, root, report_task(root, run.runs), time.perf_counter() - started)
+
+
+def open_plans(datasets: list[str], splits: list[str], rows: Selection) -> list[ShardPlan]:
+    """Every dataset and split, opened before any task starts: a bad name fails in seconds."""
+    return [
+        plan_dataset(dataclasses.replace(rows, dataset=dataset, split=split))
         for dataset in datasets
         for split in splits
     ]
-    check_shortlist(shortlist, plans)
-    futures: list = []
-    runs: list[dict[str, str]] = []
-    for plan in plans:
-        dataset, names = plan.selection.dataset, plan.class_names
-        parts = [plan.shard(i) for i in range(len(plan.shards))]  # what each shard task gets
-        shards = range(len(parts))
-        manifests = [ingest_shard.submit(root, parts[s]) for s in shards]
-        descriptions: dict[AnswerSource, list] = {src: [] for src in sources}
-        # Without a shortlist a guess does not depend on the encoder: ask once per describer.
-        guesses: dict[AnswerSource, list] = {src: [] for src in sources if src.shortlist is None}
-        images: dict[str, list] = {encoder: [] for encoder in encoders}
-        # Shard by shard: a shard's description and guess back to back (the describer reads it once),
-        # and its image embeddings beside the first describer's, so describer and encoders work side
-        # by side. One describer's shards come one after another: a VLM is loaded once per stage
-        # (at most one stays resident per device, backends.hf_resident).
-        for i, src in enumerate(sources or [None]):
-            for s in shards:
-                if src in descriptions:
-                    descriptions[src].append(
-                        describe_shard.submit(root, parts[s], src, wait_for=[manifests[s]])
-                    )
-                if src in guesses:
-                    guesses[src].append(predict_shard.submit(root, parts[s], src, wait_for=[manifests[s]]))
-                for encoder in encoders if i == 0 else ():
-                    images[encoder].append(
-                        embed_images_shard.submit(root, parts[s], encoder, wait_for=[manifests[s]])
-                    )
-        class_answers = {
-            src: describe_classes.submit(root, dataset, names, src)
-            for src in sources
-            if set(class_weights) & set(NEEDS_DESCRIPTIONS)
-        }
-        futures += [*manifests, *class_answers.values()]
-        futures += [f for fs in (*descriptions.values(), *guesses.values(), *images.values()) for f in fs]
-        for encoder in encoders:
-            plain_weights = {
-                w: class_weights_task.submit(root, dataset, names, encoder, w, None)
-                for w in {*class_weights, SHORTLIST_WEIGHTING if shortlist else None} - {None}
-                if w not in NEEDS_DESCRIPTIONS
-            }
-            futures += plain_weights.values()
-            for src in sources:
-                answers = {"description": descriptions[src]}
-                if src in guesses:
-                    answers["prediction"] = guesses[src]
-                else:  # a shortlist is ranked by this encoder's image-only scores
-                    answers["prediction"] = [
-                        predict_shard.submit(
-                            root,
-                            parts[s],
-                            src,
-                            encoder,
-                            wait_for=[images[encoder][s], plain_weights[SHORTLIST_WEIGHTING]],
-                        )
-                        for s in shards
-                    ]
-                    futures += answers["prediction"]
-                texts = {
-                    kind: [
-                        embed_texts_shard.submit(
-                            root, parts[s], encoder, src, kind, wait_for=[answers[kind][s]]
-                        )
-                        for s in shards
-                    ]
-                    for kind in answers
-                }
-                futures += texts["description"] + texts["prediction"]
-                for weighting in class_weights:
-                    weights = plain_weights.get(weighting)
-                    if weights is None:
-                        weights = class_weights_task.submit(
-                            root, dataset, names, encoder, weighting, src, wait_for=[class_answers[src]]
-                        )
-                        futures.append(weights)
-                    futures += [
-                        classify_shard.submit(
-                            root,
-                            parts[s],
-                            encoder,
-                            src,
-                            weighting,
-                            wait_for=[
-                                images[encoder][s],
-                                weights,
-                                texts["description"][s],
-                                texts["prediction"][s],
-                            ],
-                        )
-                        for s in shards
-                    ]
-                    runs.append(
-                        {
-                            **plan.selection.keys(),
-                            "encoder": encoder,
-                            **src.run_keys(),
-                            "class_weights": weighting,
-                        }
-                    )
-            if not sources:  # the image-only baseline: plain zero-shot
-                for weighting in image_only_weightings(class_weights):
-                    futures += [
-                        classify_shard.submit(
-                            root,
-                            parts[s],
-                            encoder,
-                            None,
-                            weighting,
-                            wait_for=[images[encoder][s], plain_weights[weighting]],
-                        )
-                        for s in shards
-                    ]
-                    runs.append(
-                        {
-                            **plan.selection.keys(),
-                            "encoder": encoder,
-                            **IMAGE_ONLY_RUN,
-                            "class_weights": weighting,
-                        }
-                    )
-    results: list[ShardResult] = [f.result() for f in futures]
-    rows = evaluate(root, runs)
-    report_dir = report_task(root, runs)
+
+
+def summarize(
+    rows: list[dict], results: list[ShardResult], root: str, report_dir: str, seconds: float
+) -> dict:
+    """Print and log the metrics table and what the run cost; the flow's return value."""
     summary = Counter("computed" if r.computed else "cached" for r in results)
     passes = sum(r.forward_passes for r in results)
     report = (
         f"{format_table(rows)}\n"
         f"shards computed: {summary['computed']}, read from cache: {summary['cached']}; "
-        f"model forward passes: {passes}; wall time: {time.perf_counter() - started:.1f} s; root: {root}\n"
+        f"model forward passes: {passes}; wall time: {seconds:.1f} s; root: {root}\n"
         f"report: {report_dir}/report.md"
     )
     get_run_logger().info(report)
@@ -307,37 +208,22 @@ def check_shortlist(shortlist: int | None, plans: list[ShardPlan]) -> None:
             )
 
 
-def dask_task_runner() -> DaskTaskRunner:
-    """The Dask scheduler at $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS (2)
-    single-threaded worker processes. Shards live on shared storage, so any worker can take any task."""
-    address = os.environ.get("WDYS_DASK_ADDRESS")
-    if address:
-        return DaskTaskRunner(address=address)
-    workers = int(os.environ.get("WDYS_DASK_WORKERS", "2"))
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
-
-
 # The same flow with its shard tasks on Dask (deployments pick it by entrypoint).
 benchmark_on_dask = benchmark.with_options(task_runner=dask_task_runner())
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.benchmark`: the flow's parameters as flags (flows.cli), plus `--image-only`
+    (no describer) and `--dask`."""
     parser = argparse.ArgumentParser(
         prog="python -m flows.benchmark",
-        description=benchmark.description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=benchmark.description.split("\n\n")[0],
         epilog="Runs locally without a Prefect server (a temporary one starts in-process).",
     )
-    parser.add_argument("--datasets", nargs="+", default=["cifar10"], help="dataset names (default: cifar10)")
-    parser.add_argument("--splits", nargs="+", default=["dev"], help="splits (default: dev)")
-    parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="encoder model ids")
+    add_flow_parameters(parser, benchmark, skip=("describers",))
     describers = parser.add_mutually_exclusive_group()
-    describers.add_argument(
-        "--describers",
-        nargs="+",
-        default=None,
-        help="describer model ids (default: the offline stand-in, with offline encoders only)",
-    )
+    schema = benchmark.parameters.model_dump()["properties"]["describers"]
+    describers.add_argument("--describers", **argument("describers", schema["anyOf"][0] | schema))
     describers.add_argument(
         "--image-only",
         action="store_const",
@@ -346,52 +232,16 @@ def main(argv: list[str] | None = None) -> None:
         help="no describer: the plain zero-shot baseline alone (image embeddings only)",
     )
     parser.add_argument(
-        "--class-weights",
-        nargs="+",
-        default=list(CLASS_WEIGHTINGS),
-        choices=CLASS_WEIGHTINGS,
-        help="class weightings",
-    )
-    parser.add_argument(
-        "--root", default=None, help="storage root, any fsspec URL (default: $WDYS_ROOT or ./data)"
-    )
-    parser.add_argument("--limit", type=int, default=None, help="images per split")
-    parser.add_argument("--sample-seed", type=int, default=None, help="seed of the sample taken with --limit")
-    parser.add_argument("--shard-size", type=int, default=256, help="images per shard")
-    parser.add_argument("--max-new-tokens", type=int, default=77, help="describer answer length")
-    parser.add_argument(
-        "--class-samples",
-        type=int,
-        default=None,
-        help="class descriptions per prompt and class (default: 10, the paper's 50 per class; offline: 3)",
-    )
-    parser.add_argument(
-        "--shortlist", type=int, default=None, help="list only the top-k classes in the guess prompt"
-    )
-    parser.add_argument(
         "--dask",
         action="store_true",
         help="run shard tasks on Dask: $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS",
     )
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
     try:  # before Prefect records the parameters: a root holding credentials must not be stored
-        resolve_root(args.root)
+        resolve_root(args["root"])
     except ValueError as exc:
         parser.error(str(exc))
-    (benchmark_on_dask if args.dask else benchmark)(
-        datasets=args.datasets,
-        splits=args.splits,
-        encoders=args.encoders,
-        describers=args.describers,
-        class_weights=args.class_weights,
-        root=args.root,
-        limit=args.limit,
-        sample_seed=args.sample_seed,
-        shard_size=args.shard_size,
-        max_new_tokens=args.max_new_tokens,
-        class_samples=args.class_samples,
-        shortlist=args.shortlist,
-    )
+    (benchmark_on_dask if args.pop("dask") else benchmark)(**args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from prefect.deployments import run_deployment
 from prefect.events import emit_event
 
 from method.prompts import content_hash
+from sources.registry import list_benchmarks
 from storage.catalog import connect, refresh_catalog
 from storage.paths import partition_value, resolve_root
 
@@ -72,7 +73,7 @@ def read_registry(path: str | Path, extra_models: list[str]) -> Registry:
 @task(cache_policy=NO_CACHE, name="evaluated-combinations")
 def evaluated_combinations(root: str) -> set[tuple[str, str, str, str]]:
     """(dataset, split, encoder, describer) with predictions, as path-safe partition values."""
-    database = refresh_catalog(root)
+    database = refresh_catalog(root, list_benchmarks())
     with connect(root, database, read_only=True) as con:
         views = {r[0] for r in con.sql("select view_name from duckdb_views() where not internal").fetchall()}
         if "predictions" not in views:

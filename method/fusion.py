@@ -12,17 +12,49 @@ is left out of that image's sum; an image with none of the chosen components has
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import combinations
+from typing import Literal
 
 import numpy as np
 
 COMPONENTS = ("image", "description", "prediction")
-CLASS_WEIGHTINGS = ("name", "template", "templates", "descriptions", "sum")
-# The paper's class weightings; `templates` (CLIP's 80 ImageNet prompt templates, the usual CLIP
-# zero-shot baseline) and `sum` (name + template + descriptions) are wdys's extensions.
-PAPER_WEIGHTINGS = ("name", "template", "descriptions")
-SHORTLIST_WEIGHTING = "templates"  # the image-only scores that rank classes for a shortlist
 _EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """How one class weighting makes a class's row of W: from which texts (`texts`: the class name,
+    one template, CLIP's templates or the describer's class descriptions), combined how
+    (`normalize` one text, `ensemble` many, or `sum` of other weightings' rows, `parts`)."""
+
+    name: str
+    texts: str
+    combine: Literal["normalize", "ensemble", "sum"]
+    in_paper: bool
+    parts: tuple[str, ...] = ()
+
+    @property
+    def needs_descriptions(self) -> bool:
+        return self.texts == "descriptions" or any(WEIGHTINGS[p].needs_descriptions for p in self.parts)
+
+
+# Every class weighting, declared once; the paper's are name, template and descriptions. `templates`
+# (CLIP's 80 ImageNet prompt templates, the usual CLIP zero-shot baseline) and `sum` are extensions.
+WEIGHTINGS: dict[str, Weighting] = {
+    w.name: w
+    for w in (
+        Weighting("name", texts="name", combine="normalize", in_paper=True),
+        Weighting("template", texts="template", combine="normalize", in_paper=True),
+        Weighting("templates", texts="templates", combine="ensemble", in_paper=False),
+        Weighting("descriptions", texts="descriptions", combine="ensemble", in_paper=True),
+        Weighting("sum", texts="", combine="sum", in_paper=False, parts=("name", "template", "descriptions")),
+    )
+}
+CLASS_WEIGHTINGS = tuple(WEIGHTINGS)
+PAPER_WEIGHTINGS = tuple(w.name for w in WEIGHTINGS.values() if w.in_paper)
+NEEDS_DESCRIPTIONS = tuple(w.name for w in WEIGHTINGS.values() if w.needs_descriptions)
+SHORTLIST_WEIGHTING = "templates"  # the image-only scores that rank classes for a shortlist
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -76,6 +108,18 @@ def ensemble(per_class: Sequence[np.ndarray]) -> np.ndarray:
     return normalize(np.stack([normalize(e).mean(axis=0) for e in per_class]))
 
 
-def sum_weights(name: np.ndarray, template: np.ndarray, descriptions: np.ndarray) -> np.ndarray:
+def combine_texts(weighting: Weighting, per_class: Sequence[np.ndarray]) -> np.ndarray:
+    """W from each class's text embeddings: n(e) of its one text, or n(mean_k n(e_k)) of many."""
+    if weighting.combine == "normalize":
+        return normalize(np.concatenate(per_class))
+    return ensemble(per_class)
+
+
+def sum_weights(parts: Sequence[np.ndarray]) -> np.ndarray:
     """The `sum` weighting: n(name + template + descriptions), each already normalised."""
-    return normalize(name + template + descriptions)
+    return normalize(np.sum(parts, axis=0))
+
+
+def component_order() -> list[str]:
+    """The subsets' names in the order every table lists them."""
+    return [subset_name(s) for s in component_subsets()]

@@ -2,7 +2,8 @@
 
 - `class_names`: dataset x class, the class list (from `class_weights`);
 - `benchmarks`: dataset x split x subset, its images and classes; then the registered benchmarks
-  not ingested yet (`sources.registry.list_benchmarks`), with their class count and no images;
+  not ingested yet (given by the caller: `sources.registry.list_benchmarks`), with their class
+  count and no images;
 - `per_class`: run x components x class: images, excluded, top-1 / top-5 accuracy of the class;
 - `confusion`: run x components x (label, predicted): image count; `predicted` is the top-1
   class, null for images without a query;
@@ -11,7 +12,7 @@
   image and in total;
 - `gains`: run x non-image components: the paired comparison with image-only on the same run.
 
-A run is one value of `catalog.RUN_KEYS`. `gains` pairs each image's top-1 hit under a variant with
+A run is one value of `schemas.RUN_KEYS`. `gains` pairs each image's top-1 hit under a variant with
 its hit under `image` alone on the same run, over the images that have a query under both (so its
 `n` and accuracies can differ from `metrics` when a variant excludes images whose answers failed):
 `b` = baseline right and variant wrong, `c` = the reverse, `gain_top1` = 100 (c - b) / n points,
@@ -32,12 +33,14 @@ import numpy as np
 import pyarrow as pa
 
 from method import stats
-from storage.catalog import COMPONENT_ORDER, RUN_KEYS
+from method.fusion import component_order
 from storage.paths import partition_value
+from storage.schemas import ANSWER_KEYS, RUN_KEYS
 
 BASELINE = "image"
 _K = ", ".join(RUN_KEYS)
-ANSWER_KEYS = ("dataset", "split", "subset", "describer", "kind", "prompts", "gen", "shortlist")
+COMPONENT_ORDER = str(component_order())  # a DuckDB list literal: ['image', 'description', ...]
+Registered = tuple[str, str, int]  # a registered benchmark: name, evaluation split, classes
 
 CLASS_NAMES_SQL = """
 create or replace view class_names as
@@ -51,14 +54,11 @@ _NO_CLASS_NAMES = (
 )
 
 
-def benchmarks_sql(names: str) -> str:
+def benchmarks_sql(names: str, registered: Sequence[Registered]) -> str:
     """Every ingested dataset split and row selection with its images and classes, then every
     registered benchmark not ingested yet (its evaluation split and class count, no images)."""
-    from sources.registry import list_benchmarks  # the registry is above storage in the layering
-
-    registry = ", ".join(
-        f"({sql_text(b.name)}, {sql_text(b.split)}, {int(b.num_classes)})" for b in list_benchmarks()
-    )
+    rows = [f"({sql_text(name)}, {sql_text(split)}, {int(classes)})" for name, split, classes in registered]
+    registry = ", ".join(rows) or "(null::varchar, null::varchar, null::bigint)"
     return f"""
 create or replace view benchmarks as
 with registry(dataset, split, classes) as (values {registry}),
@@ -173,7 +173,9 @@ order by {", ".join("r." + k for k in RUN_KEYS)}, list_position({COMPONENT_ORDER
 """
 
 
-def create_analysis_views(con: duckdb.DuckDBPyConnection, made: Sequence[str]) -> list[str]:
+def create_analysis_views(
+    con: duckdb.DuckDBPyConnection, made: Sequence[str], registered: Sequence[Registered] = ()
+) -> list[str]:
     """The views above whose tables exist (`made`: the table views already created)."""
     views = []
     names = "class_names" if "class_weights" in made else _NO_CLASS_NAMES
@@ -181,7 +183,7 @@ def create_analysis_views(con: duckdb.DuckDBPyConnection, made: Sequence[str]) -
         con.execute(CLASS_NAMES_SQL)
         views.append("class_names")
     if "manifest" in made:
-        con.execute(benchmarks_sql(names))
+        con.execute(benchmarks_sql(names, registered))
         views.append("benchmarks")
     if "descriptions" in made:
         con.execute(DESCRIBER_COST_SQL)

@@ -10,30 +10,15 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 
 import duckdb
 import fsspec
 
+from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
 from storage.paths import catalog_path, is_local, table_glob
 from storage.reference import published_sql
-from storage.schemas import TABLES
-
-COMPONENT_ORDER = (
-    "['image', 'description', 'prediction', 'image+description', 'image+prediction', "
-    "'description+prediction', 'image+description+prediction']"
-)
-
-RUN_KEYS = (
-    "dataset",
-    "split",
-    "subset",
-    "encoder",
-    "describer",
-    "prompts",
-    "gen",
-    "shortlist",
-    "class_weights",
-)
+from storage.schemas import RUN_KEYS, TABLES
 
 # One row per (run keys, components): accuracy over the images that had a query, per-class recall
 # averaged over classes, and the gain in points over the image-only row of the same keys.
@@ -109,10 +94,13 @@ def connect(root: str, database: str = ":memory:", read_only: bool = False) -> d
     return con
 
 
-def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
+def create_views(
+    con: duckdb.DuckDBPyConnection, root: str, registered: Sequence[Registered] = ()
+) -> list[str]:
     """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics
     and the analysis views of `storage.analysis` (gains, per_class, confusion, ...).
-    The shards are listed by the connection itself, through the filesystem its views read."""
+    The shards are listed by the connection itself, through the filesystem its views read.
+    `registered`: (name, evaluation split, classes) of the registered benchmarks, for `benchmarks`."""
     made = []
     for name in TABLES:
         glob = table_glob(root, name)
@@ -132,16 +120,14 @@ def create_views(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
         if "errors" in made:
             con.execute(EXCLUSIONS_SQL)
             made.append("exclusions")
-    from storage.analysis import create_analysis_views  # it imports RUN_KEYS from here
-
-    made += create_analysis_views(con, made)
+    made += create_analysis_views(con, made, registered)
     if "metrics" in made:
         con.execute(published_sql())
         made.append("published_baselines")
     return made
 
 
-def refresh_catalog(root: str) -> str:
+def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
     """(Re)write `<root>/wdys.duckdb`. For object-store roots the file is kept in a local cache
     folder ($WDYS_CATALOG_DIR, default ./.wdys) since DuckDB files cannot live on S3."""
     path = catalog_path(root) if is_local(root) else local_catalog_path(root)
@@ -152,7 +138,7 @@ def refresh_catalog(root: str) -> str:
     tmp = os.path.join(directory, f".wdys.{uuid.uuid4().hex}.tmp.duckdb")
     try:
         with _lock, connect(root, tmp) as con:
-            create_views(con, root)
+            create_views(con, root, registered)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, tmp + ".wal"):

@@ -70,7 +70,7 @@ class AnswerSource:
             "kind": kind,
             "prompts": content_hash(prompt),
             "gen": self._gen(),
-            "shortlist": f"top{self.shortlist}-{partition_value(encoder)}" if shortlisted else NONE,
+            "shortlist": shortlist_key(f"top{self.shortlist}", encoder) if shortlisted else NONE,
         }
 
     def run_keys(self) -> dict[str, str]:
@@ -88,6 +88,38 @@ class AnswerSource:
             "prompts": class_prompts_hash(),
             "gen": content_hash({"settings": self.settings, "samples": self.class_samples}),
         }
+
+
+def shortlist_key(run_shortlist: str, encoder: str | None) -> str:
+    """A shortlisted prediction's key: the run's `top<k>` and the encoder that ranked the classes."""
+    return f"{run_shortlist}-{partition_value(encoder)}"
+
+
+def run_answer_keys(run: dict[str, str]) -> list[dict[str, str]]:
+    """The `descriptions` keys of a run's two kinds of answer, from a run's key values (as stored);
+    none for a run without a describer, or one made with other than the current prompts (their
+    per-kind hashes cannot be told from the run's)."""
+    if partition_value(run["describer"]) == NONE or run["prompts"] != image_prompts_hash():
+        return []
+    keys = []
+    for kind, prompt in (("description", DESCRIPTION_PROMPT), ("prediction", PREDICTION_PROMPT)):
+        shortlist = run.get("shortlist", NONE)
+        if kind == "prediction" and shortlist != NONE:
+            shortlist = shortlist_key(shortlist, run["encoder"])
+        else:
+            shortlist = NONE
+        data = {k: run[k] for k in ("dataset", "split", "subset", "describer", "gen")}
+        keys.append({**data, "kind": kind, "prompts": content_hash(prompt), "shortlist": shortlist})
+    return keys
+
+
+def run_keys(
+    selection: Selection, encoder: str, source: AnswerSource | None, weighting: str
+) -> dict[str, str]:
+    """The keys of one run (a `predictions` partition): data, encoder, answer source, weighting;
+    without a source, the image-only baseline's."""
+    answers = source.run_keys() if source else IMAGE_ONLY_RUN
+    return {**selection.keys(), "encoder": encoder, **answers, "class_weights": weighting}
 
 
 NO_ANSWERS = {"describer": NONE, "prompts": NONE, "gen": NONE}

@@ -153,3 +153,8 @@ TABLES = {
         PREDICTIONS,
     )
 }
+
+# Key vocabularies, derived from the declarations above.
+DATA_KEYS = MANIFEST.partition_keys
+ANSWER_KEYS = DESCRIPTIONS.partition_keys  # one describer's answers of one kind
+RUN_KEYS = PREDICTIONS.partition_keys  # one run: data, encoder, answer source and class weighting

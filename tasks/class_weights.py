@@ -13,16 +13,16 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from backends.base import Answer
 from backends.registry import load_describer, load_encoder
-from method.fusion import ensemble, normalize, sum_weights
+from method.fusion import WEIGHTINGS, combine_texts, sum_weights
 from method.prompts import (
     CLASS_DESCRIPTION_PROMPTS,
     SINGLE_TEMPLATE,
     class_description_prompts,
     clip_templates,
 )
+from storage.addresses import class_descriptions_shard, class_weights_shard
 from storage.io import read_table
-from storage.keys import NO_ANSWERS, AnswerSource
-from storage.paths import shard_path
+from storage.keys import AnswerSource
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
 from tasks.answers import (
     ANSWER_RETRY_DELAYS_S,
@@ -31,20 +31,6 @@ from tasks.answers import (
     retry_unless_unavailable,
 )
 from tasks.cache import ShardResult, cached_shard, exclusive
-
-NEEDS_DESCRIPTIONS = ("descriptions", "sum")
-
-
-def class_descriptions_path(root: str, dataset: str, source: AnswerSource) -> str:
-    return shard_path(root, CLASS_DESCRIPTIONS, {"dataset": dataset, **source.class_keys()}, 0)
-
-
-def class_weights_path(
-    root: str, dataset: str, encoder_id: str, weighting: str, source: AnswerSource | None
-) -> str:
-    answers = source.class_keys() if weighting in NEEDS_DESCRIPTIONS and source else NO_ANSWERS
-    keys = {"dataset": dataset, "encoder": encoder_id, "class_weights": weighting, **answers}
-    return shard_path(root, CLASS_WEIGHTS, keys, 0)
 
 
 @task(
@@ -99,30 +85,29 @@ def describe_classes(
         ]
         return pa.Table.from_pylist(table, schema=CLASS_DESCRIPTIONS.schema())
 
-    path = class_descriptions_path(root, dataset, source)
+    path = class_descriptions_shard(root, dataset, source)
     return answer_shard(path, ["class_index", "prompt_index", "sample"], items, ask, rows)
 
 
 def _class_texts(
-    root: str, dataset: str, class_names: tuple[str, ...], weighting: str, source: AnswerSource | None
+    root: str, dataset: str, class_names: tuple[str, ...], texts: str, source: AnswerSource | None
 ) -> list[list[str]]:
-    if weighting == "name":
+    """Each class's texts of one kind (see `method.fusion.Weighting.texts`)."""
+    if texts == "name":
         return [[c] for c in class_names]
-    if weighting == "template":
+    if texts == "template":
         return [[SINGLE_TEMPLATE.format(c=c)] for c in class_names]
-    if weighting == "templates":
+    if texts == "templates":
         return [clip_templates(c) for c in class_names]
-    if weighting == "descriptions":
-        if source is None:
-            raise ValueError("the 'descriptions' weighting needs a describer")
-        table = read_table(class_descriptions_path(root, dataset, source), columns=["class_index", "text"])
-        texts: list[list[str]] = [[] for _ in class_names]
-        for index, text in zip(*(table.column(c).to_pylist() for c in ("class_index", "text")), strict=True):
-            if text:
-                texts[index].append(text)
-        # A class whose descriptions all failed falls back to its name rather than a zero vector.
-        return [t or [c] for t, c in zip(texts, class_names, strict=True)]
-    raise ValueError(f"unknown class weighting {weighting!r}")
+    if source is None:
+        raise ValueError("class descriptions need a describer")
+    table = read_table(class_descriptions_shard(root, dataset, source), columns=["class_index", "text"])
+    found: list[list[str]] = [[] for _ in class_names]
+    for index, text in zip(*(table.column(c).to_pylist() for c in ("class_index", "text")), strict=True):
+        if text:
+            found[index].append(text)
+    # A class whose descriptions all failed falls back to its name rather than a zero vector.
+    return [t or [c] for t, c in zip(found, class_names, strict=True)]
 
 
 def _weights_table(
@@ -155,24 +140,20 @@ def ensure_class_weights(
     weighting: str,
     source: AnswerSource | None,
 ) -> ShardResult:
-    """Compute (or find) one weighting; `sum` is built from the three weightings it adds up."""
+    """Compute (or find) one weighting; `sum` is built from the weightings it adds up."""
+    recipe = WEIGHTINGS[weighting]
 
     def compute():
-        if weighting == "sum":
+        if recipe.combine == "sum":
             parts = [
-                ensure_class_weights(root, dataset, class_names, encoder_id, w, source)
-                for w in ("name", "template", "descriptions")
+                ensure_class_weights(root, dataset, class_names, encoder_id, w, source) for w in recipe.parts
             ]
-            name, template, descriptions = (read_class_weights(p.path) for p in parts)
-            meta = read_table(parts[2].path, columns=["texts", "truncated"])
-            texts = [2 + n for n in meta.column("texts").to_pylist()]
-            return _weights_table(
-                class_names,
-                sum_weights(name, template, descriptions),
-                texts,
-                meta.column("truncated").to_pylist(),
-            ), sum(p.forward_passes for p in parts)
-        per_class = _class_texts(root, dataset, class_names, weighting, source)
+            meta = [read_table(p.path, columns=["texts", "truncated"]) for p in parts]
+            count = [np.sum([m.column(c).to_numpy() for m in meta], axis=0) for c in ("texts", "truncated")]
+            weights = sum_weights([read_class_weights(p.path) for p in parts])
+            table = _weights_table(class_names, weights, count[0].tolist(), count[1].tolist())
+            return table, sum(p.forward_passes for p in parts)
+        per_class = _class_texts(root, dataset, class_names, recipe.texts, source)
         encoder = load_encoder(encoder_id)
         with exclusive(encoder) as passes:
             embedded = encoder.encode_texts([t for texts in per_class for t in texts])
@@ -180,10 +161,10 @@ def ensure_class_weights(
         bounds = np.cumsum([0] + [len(t) for t in per_class])
         groups = [embedded.vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         cut = [sum(embedded.truncated[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        weights = normalize(np.concatenate(groups)) if weighting in ("name", "template") else ensemble(groups)
+        weights = combine_texts(recipe, groups)
         return _weights_table(class_names, weights, [len(t) for t in per_class], cut), spent
 
-    return cached_shard(class_weights_path(root, dataset, encoder_id, weighting, source), compute)
+    return cached_shard(class_weights_shard(root, dataset, encoder_id, weighting, source), compute)
 
 
 # The same function as a task of its own; `sum` calls the plain function for its three parts.

@@ -11,12 +11,18 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
+from storage.addresses import (
+    class_weights_shard,
+    image_embeddings_shard,
+    manifest_shard,
+    predictions_shard,
+    text_embeddings_shard,
+)
 from storage.io import read_table
-from storage.keys import IMAGE_ONLY_RUN, AnswerSource
-from storage.paths import shard_path
-from storage.schemas import IMAGE_EMBEDDINGS, MANIFEST, PREDICTIONS, TEXT_EMBEDDINGS
+from storage.keys import AnswerSource
+from storage.schemas import PREDICTIONS
 from tasks.cache import ShardResult, cached_shard
-from tasks.class_weights import NEEDS_DESCRIPTIONS, class_weights_path, read_class_weights
+from tasks.class_weights import read_class_weights
 from tasks.plan import Shard
 
 TOP = 5
@@ -35,16 +41,13 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
     """The shard's normalised image, description and prediction vectors, NaN rows where missing
     (the image vectors alone without a source)."""
     sel = shard.selection
-    images = read_table(
-        shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard.index)
-    )
+    images = read_table(image_embeddings_shard(root, sel, encoder_id, shard.index))
     components = {"image": normalize(embeddings_or_nan(images.column("embedding")))}
     if source is None:
         return components
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
     for kind in ("description", "prediction"):
-        keys = {**sel.keys(), "encoder": encoder_id, **source.answer_keys(kind, encoder_id)}
-        texts = read_table(shard_path(root, TEXT_EMBEDDINGS, keys, shard.index))
+        texts = read_table(text_embeddings_shard(root, sel, encoder_id, source, kind, shard.index))
         vectors = np.full_like(components["image"], np.nan)
         vectors[[order[i] for i in texts.column("image_id").to_pylist()]] = normalize(
             embeddings_or_nan(texts.column("embedding"))
@@ -58,20 +61,12 @@ def classify_shard(
     root: str, shard: Shard, encoder_id: str, source: AnswerSource | None, weighting: str
 ) -> ShardResult:
     sel = shard.selection
-    answers = source.run_keys() if source else IMAGE_ONLY_RUN
-    keys = {**sel.keys(), "encoder": encoder_id, **answers, "class_weights": weighting}
-    path = shard_path(root, PREDICTIONS, keys, shard.index)
+    path = predictions_shard(root, sel, encoder_id, source, weighting, shard.index)
 
     def compute():
-        manifest = read_table(
-            shard_path(root, MANIFEST, sel.keys(), shard.index), columns=["image_id", "label"]
-        )
+        manifest = read_table(manifest_shard(root, sel, shard.index), columns=["image_id", "label"])
         components = load_components(root, shard, encoder_id, source)
-        weights = read_class_weights(
-            class_weights_path(
-                root, sel.dataset, encoder_id, weighting, source if weighting in NEEDS_DESCRIPTIONS else None
-            )
-        )
+        weights = read_class_weights(class_weights_shard(root, sel.dataset, encoder_id, weighting, source))
         columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
         for subset in component_subsets() if source else [("image",)]:
             queries, valid = fuse(components, subset)

@@ -18,10 +18,10 @@ from backends.registry import default_class_samples, describer_settings, load_de
 from method.fusion import SHORTLIST_WEIGHTING, logits, normalize, shortlist
 from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
 from sources.images import decode_manifest
+from storage.addresses import answers_shard, class_weights_shard, image_embeddings_shard, manifest_shard
 from storage.io import exists, read_table
 from storage.keys import AnswerSource
-from storage.paths import shard_path
-from storage.schemas import DESCRIPTIONS, IMAGE_EMBEDDINGS, MANIFEST
+from storage.schemas import DESCRIPTIONS
 from tasks.answers import (
     ANSWER_RETRY_DELAYS_S,
     answer_shard,
@@ -29,7 +29,7 @@ from tasks.answers import (
     retry_unless_unavailable,
 )
 from tasks.cache import ShardResult, exclusive
-from tasks.class_weights import class_weights_path, read_class_weights
+from tasks.class_weights import read_class_weights
 from tasks.classify import embeddings_or_nan
 from tasks.plan import Shard
 
@@ -65,7 +65,7 @@ def answer_images(
     """The shard of answers at `path`: decode the shard's images, let `ask_describer(describer,
     image_indices, images)` answer the ones that decoded and are not answered yet, and record a
     decode error for the others. `classes[i]` is what a shortlisted prompt listed for image i."""
-    manifest = read_table(shard_path(root, MANIFEST, shard.selection.keys(), shard.index))
+    manifest = read_table(manifest_shard(root, shard.selection, shard.index))
     ids = manifest.column("image_id").to_pylist()
 
     def ask(todo: list[int]) -> tuple[list[Answer], int]:
@@ -99,17 +99,16 @@ def answer_images(
     retry_condition_fn=retry_unless_unavailable,
 )
 def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
-    keys = {**shard.selection.keys(), **source.answer_keys("description")}
-    path = shard_path(root, DESCRIPTIONS, keys, shard.index)
+    path = answers_shard(root, shard.selection, source, "description", shard.index)
     return answer_images(root, shard, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
 
 
 def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> list[list[int]]:
     sel = shard.selection
-    images = read_table(
-        shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard.index)
+    images = read_table(image_embeddings_shard(root, sel, encoder_id, shard.index))
+    weights = read_class_weights(
+        class_weights_shard(root, sel.dataset, encoder_id, SHORTLIST_WEIGHTING, None)
     )
-    weights = read_class_weights(class_weights_path(root, sel.dataset, encoder_id, SHORTLIST_WEIGHTING, None))
     scores = logits(np.nan_to_num(normalize(embeddings_or_nan(images.column("embedding")))), weights)
     return shortlist(scores, k)
 
@@ -126,8 +125,7 @@ def predict_shard(
     root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
 ) -> ShardResult:
     """`encoder_id` ranks the shortlist; it is unused (and may be None) without one."""
-    keys = {**shard.selection.keys(), **source.answer_keys("prediction", encoder_id)}
-    path = shard_path(root, DESCRIPTIONS, keys, shard.index)
+    path = answers_shard(root, shard.selection, source, "prediction", shard.index, encoder_id)
     names = shard.class_names
     if exists(path):
         return ShardResult(path, computed=False)

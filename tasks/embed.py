@@ -9,10 +9,10 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from backends.registry import load_encoder
 from sources.images import decode_manifest
+from storage.addresses import answers_shard, image_embeddings_shard, manifest_shard, text_embeddings_shard
 from storage.io import read_table
 from storage.keys import AnswerSource
-from storage.paths import shard_path
-from storage.schemas import DESCRIPTIONS, IMAGE_EMBEDDINGS, MANIFEST, TEXT_EMBEDDINGS
+from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard, exclusive
 from tasks.plan import Shard
 
@@ -29,10 +29,10 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
 @task(cache_policy=NO_CACHE, name="embed-images", tags=["gpu"])
 def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     sel = shard.selection
-    path = shard_path(root, IMAGE_EMBEDDINGS, {**sel.keys(), "encoder": encoder_id}, shard.index)
+    path = image_embeddings_shard(root, sel, encoder_id, shard.index)
 
     def compute():
-        manifest = read_table(shard_path(root, MANIFEST, sel.keys(), shard.index))
+        manifest = read_table(manifest_shard(root, sel, shard.index))
         images, errors = decode_manifest(manifest)
         encoder = load_encoder(encoder_id)
         present = [im is not None for im in images]
@@ -61,14 +61,11 @@ def embed_texts_shard(
 ) -> ShardResult:
     """Embed one kind of answer ('description' or 'prediction') of one shard."""
     sel = shard.selection
-    answer_keys = source.answer_keys(kind, encoder_id)
-    keys = {**sel.keys(), "encoder": encoder_id, **answer_keys}
-    path = shard_path(root, TEXT_EMBEDDINGS, keys, shard.index)
+    path = text_embeddings_shard(root, sel, encoder_id, source, kind, shard.index)
 
     def compute():
         answers = read_table(
-            shard_path(root, DESCRIPTIONS, {**sel.keys(), **answer_keys}, shard.index),
-            columns=["image_id", "text"],
+            answers_shard(root, sel, source, kind, shard.index, encoder_id), columns=["image_id", "text"]
         )
         texts = answers.column("text").to_pylist()
         present = [t is not None for t in texts]

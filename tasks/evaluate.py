@@ -21,7 +21,7 @@ def run_metrics(root: str, runs: list[dict[str, str]]) -> list[dict]:
     """The metrics rows of the given runs (each a dict of RUN_KEYS with raw, unslugged values), the
     image-only `templates` rows with open_clip's published top-1 (`published_top1`) where it has one.
     The paired statistics (gains, intervals, McNemar) and the report are `tasks.report`'s."""
-    database = refresh_catalog(root)
+    database = refresh_catalog(root, list_benchmarks())
     with connect(root, database, read_only=True) as con:
         return with_published(con, run_rows(con, "metrics", runs))
 

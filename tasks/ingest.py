@@ -6,8 +6,7 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from sources.registry import open_dataset
-from storage.paths import shard_path
-from storage.schemas import MANIFEST
+from storage.addresses import manifest_shard
 from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
 
@@ -15,9 +14,8 @@ from tasks.plan import Shard
 @task(cache_policy=NO_CACHE, name="ingest")
 def ingest_shard(root: str, shard: Shard) -> ShardResult:
     sel = shard.selection
-    path = shard_path(root, MANIFEST, sel.keys(), shard.index)
 
     def compute():
         return open_dataset(sel.dataset, sel.split).manifest(shard.rows), 0
 
-    return cached_shard(path, compute)
+    return cached_shard(manifest_shard(root, sel, shard.index), compute)

@@ -23,3 +23,11 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs against a Prefect server (a flow run: models, a server) is `slow`, so
+    `pytest -m "not slow"` is the quick loop; `make test` runs them all."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -140,6 +140,7 @@ def _activations(model: torch.nn.Module) -> set[str]:
     return {type(m).__name__ for m in model.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
 
 
+@pytest.mark.slow  # two ViT-B-32 models
 def test_openai_tag_loads_offline_with_quickgelu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenAI's weights were trained with QuickGELU; open_clip builds `ViT-B-32` with GELU and only
     warns. Random weights stand in a private hub cache under the id the `openai` tag resolves to,

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+from runs import tiny_run
 
 from flows.benchmark import benchmark, benchmark_on_dask
 
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=16,
-    sample_seed=3,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name", "descriptions"],
-)
+PARAMS = tiny_run(limit=16, seed=3, class_weights=["name", "descriptions"])
 
 
 def predictions(root) -> list[dict]:
@@ -28,7 +21,10 @@ def test_dask_predictions_equal_thread_pool_predictions(prefect_server, tmp_path
     monkeypatch.setenv("WDYS_DASK_WORKERS", "2")
     local = benchmark(root=str(tmp_path / "threads"), **PARAMS)
     on_dask = benchmark_on_dask(root=str(tmp_path / "dask"), **PARAMS)
-    assert on_dask["shards_computed"] == local["shards_computed"] > 0
+    # Every shard once; a worker lost mid-run (a loaded machine) has its task rerun, which then
+    # finds the shard that worker wrote: computed + cached, not computed alone, is the invariant.
+    total = local["shards_computed"] + local["shards_cached"]
+    assert on_dask["shards_computed"] + on_dask["shards_cached"] == total == local["shards_computed"] > 0
     a, b = predictions(tmp_path / "threads"), predictions(tmp_path / "dask")
     assert len(a) == 16 * 7 * 2
     assert [r["top5"] for r in a] == [r["top5"] for r in b]  # the predictions: identical

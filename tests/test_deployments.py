@@ -1,6 +1,7 @@
 """Deployments for real: a local `prefect server start`, the pool, the deployments and a process
 worker; `prefect deployment run 'benchmark/quick' --watch`; parameter validation by the server;
-the `wdys.model.registered` trigger; and watch-models starting exactly one run for what is new.
+the `wdys.model.registered` trigger; watch-models starting exactly one run for what is new; and
+the same deployments for a second (Kubernetes-type) pool with another image, made from settings.
 
 Every process is started in its own session and killed with its group at teardown."""
 
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from process_support import REPO, free_port, start, stop
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUICK_PARAMS = [
     "--param",
@@ -31,35 +30,6 @@ QUICK_PARAMS = [
     "--param",
     "class_samples=1",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole group, then SIGKILL (a 3.9 worker ignores the first SIGTERM)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)  # nothing of the group is left behind
 
 
 def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -187,3 +157,59 @@ def test_watch_models_starts_one_run_for_new_models_and_then_none(server, tmp_pa
     assert new[0]["parameters"]["describers"] == ["offline:lite0-labels"]
     assert new[0]["parameters"]["encoders"] == ["offline:conse-lite0-minilm"]
     assert second["flow_run_id"] == first["flow_run_id"]  # the idempotency key: nothing new started
+
+
+K8S = "wdys-k8s"
+IMAGE = "registry.example/wdys:test-1"
+
+
+def test_deployments_for_a_kubernetes_pool_are_settings_not_code(server):
+    """A second pool, of another type, with an image, a code folder inside that image, more env and
+    a pool-specific job variable: all from the command line. Read back from the server. (No
+    Kubernetes cluster here: nothing runs on that pool.)"""
+    out = run(
+        [sys.executable, "-m", "deployments.deploy", "--no-schedules", "--pool", K8S,
+         "--pool-type", "kubernetes", "--image", IMAGE, "--source", "/opt/wdys", "--suffix=-k8s",
+         "--env", "WDYS_ROOT=s3://bucket/wdys", "--job-variable", 'namespace="wdys"', "--gpu-slots", "2"],
+        server,
+        timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = (
+        "import json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        f"    pool = c.read_work_pool({K8S!r})\n"
+        "    names = ['benchmark/quick', 'benchmark/quick-dask', 'benchmark/paper', 'benchmark/nightly',\n"
+        "             'watch-models/default']\n"
+        "    ds = {n: c.read_deployment_by_name(n + '-k8s') for n in names}\n"
+        "    local = c.read_deployment_by_name('benchmark/quick')\n"
+        "    rows = {n: [d.work_pool_name, d.job_variables, d.pull_steps] for n, d in ds.items()}\n"
+        "    print(json.dumps({'type': pool.type, 'deployments': rows,\n"
+        "        'image_variable': 'image' in pool.base_job_template['variables']['properties'],\n"
+        "        'local': [local.work_pool_name, local.job_variables]}))\n"
+    )
+    read = run([sys.executable, "-c", code], server, timeout=60)
+    assert read.returncode == 0, read.stderr[-3000:]
+    got = json.loads(read.stdout.strip().splitlines()[-1])
+    assert got["type"] == "kubernetes" and got["image_variable"]
+    assert len(got["deployments"]) == 5
+    for pool, job, pull_steps in got["deployments"].values():
+        assert pool == K8S
+        assert job["image"] == IMAGE and job["namespace"] == "wdys"
+        assert job["env"]["WDYS_ROOT"] == "s3://bucket/wdys" and job["env"]["PYTHONPATH"] == "/opt/wdys"
+        assert job["env"]["WDYS_GPU_LIMIT"] == "gpu" and job["env"]["WDYS_GPU_SLOTS"] == "2"
+        assert pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/wdys"}}]
+    pool, job = got["local"]  # the default deployments stay on the process pool, without an image
+    assert pool == "wdys-process" and "image" not in job and job["env"]["PYTHONPATH"] == str(REPO)
+
+
+def test_a_git_source_becomes_a_clone_step():
+    from deployments.deploy import Target, definitions
+
+    url = "https://git.example/wdys.git"
+    deployments = definitions(schedules=False, target=Target(source=url, env={"PYTHONPATH": "/work/wdys"}))
+    assert len(deployments) == 5
+    for d in deployments:
+        assert d.storage.to_pull_step()["prefect.deployments.steps.git_clone"]["repository"] == url
+        assert d.job_variables["env"]["PYTHONPATH"] == "/work/wdys"

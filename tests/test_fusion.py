@@ -64,7 +64,7 @@ def test_class_weights_match_direct_formulas():
     np.testing.assert_allclose(ensemble(per_class), expected, rtol=1e-5, atol=1e-6)
     name, template, desc = (unit(rng.normal(size=(classes, dim))) for _ in range(3))
     np.testing.assert_allclose(
-        sum_weights(name, template, desc), unit(name + template + desc), rtol=1e-5, atol=1e-6
+        sum_weights([name, template, desc]), unit(name + template + desc), rtol=1e-5, atol=1e-6
     )
 
 

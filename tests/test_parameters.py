@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from runs import tiny_run
 
 from backends import registry
 from flows.benchmark import benchmark
 from storage.errors import UserError
 
-BASE = dict(datasets=["cifar10"], splits=["dev"], limit=4, shard_size=4, class_samples=1)
+BASE = tiny_run(limit=4, seed=None)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +47,21 @@ def test_bad_parameter_fails_before_any_model_loads(prefect_server, tmp_path, ov
 def test_wrong_parameter_type_is_refused_by_validation(prefect_server, tmp_path):
     with pytest.raises(Exception, match="shard_size"):
         benchmark(**{**BASE, "root": str(tmp_path), "shard_size": "many"})
+
+
+def test_command_line_is_made_from_the_flow_signature(capsys):
+    """Every flow parameter is a flag whose help is the docstring's; a value out of the parameter's
+    range is refused by the command line in one line with status 2, before any flow starts."""
+    from flows.benchmark import main
+
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    assert shown.value.code == 0
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps lines, at hyphens too
+    for name, schema in benchmark.parameters.model_dump()["properties"].items():
+        assert f"--{name.replace('_', '-')}" in out
+        assert "".join(schema["description"].split()) in out
+    with pytest.raises(SystemExit) as refused:
+        main(["--shard-size", "0"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("shard_size must be at least 1, got 0")

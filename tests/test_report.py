@@ -17,10 +17,10 @@ from method import stats
 from method.prompts import DESCRIPTION_PROMPT, PREDICTION_PROMPT, content_hash, image_prompts_hash
 from sources.registry import list_benchmarks
 from storage.analysis import run_rows, with_intervals
-from storage.catalog import RUN_KEYS, create_views
+from storage.catalog import create_views
 from storage.io import write_table
 from storage.paths import shard_path
-from storage.schemas import CLASS_WEIGHTS, DESCRIPTIONS, MANIFEST, PREDICTIONS
+from storage.schemas import CLASS_WEIGHTS, DESCRIPTIONS, MANIFEST, PREDICTIONS, RUN_KEYS
 from tasks.report import pvalue, write_report
 
 CLASSES = ["cat", "dog", "ship", "truck", "frog"]
@@ -124,7 +124,7 @@ def toy(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("toy"))
     truth = synthetic_root(root)
     con = duckdb.connect()
-    made = create_views(con, root)
+    made = create_views(con, root, list_benchmarks())
     yield root, truth, con, made
     con.close()
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from botocore.exceptions import BotoCoreError
+from runs import assert_same_metrics, tiny_run
 from s3_support import moto_s3
 
 from flows.benchmark import benchmark
@@ -27,31 +28,12 @@ BUCKET, PREFIX = "wdys-test", "runs/quick"
 ROOT = f"s3://{BUCKET}/{PREFIX}"
 UNIT = f"s3://{BUCKET}/unit"  # objects of the write tests, outside the benchmark root
 KEY_ID, SECRET = "AKIAWDYSSENTINEL0042", "wdys-sentinel-secret-7f3c9a1e"
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=8,
-    sample_seed=1,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name", "template"],
-)
+PARAMS = tiny_run(seed=1, class_weights=["name", "template"])
 
 
 def fresh_fs() -> s3fs.S3FileSystem:
     """A new client with no listing cache: sees exactly what the server holds now."""
     return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
-
-
-def by_key(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: (r["class_weights"], r["components"]))
-
-
-def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
-    a, b = by_key(a), by_key(b)
-    assert len(a) == len(b) == 2 * 7
-    for x, y in zip(a, b, strict=True):  # floats: DuckDB may sum in another order
-        assert x == pytest.approx(y)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +53,7 @@ def test_s3_root_writes_the_same_metrics_and_shards_as_a_local_root(runs):
     local, on_disk, on_s3 = runs
     assert on_s3["root"] == ROOT and on_s3["forward_passes"] > 0
     assert on_s3["shards_computed"] == on_disk["shards_computed"] > 0
-    assert_same_metrics(on_s3["metrics"], on_disk["metrics"])
+    assert_same_metrics(on_s3["metrics"], on_disk["metrics"], 2 * 7)
     objects = {p.removeprefix(f"{BUCKET}/{PREFIX}/") for p in fresh_fs().glob(f"{ROOT}/**/*.parquet")}
     assert objects == {p.relative_to(local).as_posix() for p in local.rglob("*.parquet")}
     assert {p.split("/", 1)[0] for p in objects} == {
@@ -89,7 +71,7 @@ def test_rerun_on_s3_computes_nothing(runs):
     again = benchmark(root=ROOT, **PARAMS)
     assert again["forward_passes"] == 0 and again["shards_computed"] == 0
     assert again["shards_cached"] == first["shards_computed"]
-    assert_same_metrics(again["metrics"], first["metrics"])
+    assert_same_metrics(again["metrics"], first["metrics"], 2 * 7)
 
 
 def test_a_shard_removed_by_another_client_is_recomputed(runs):
@@ -101,7 +83,7 @@ def test_a_shard_removed_by_another_client_is_recomputed(runs):
     again = benchmark(root=ROOT, **PARAMS)
     assert again["shards_computed"] == 1 and again["forward_passes"] == 0  # classify runs no model
     assert other.exists(victim)
-    assert_same_metrics(again["metrics"], first["metrics"])
+    assert_same_metrics(again["metrics"], first["metrics"], 2 * 7)
 
 
 def test_duckdb_reads_the_s3_results_through_fsspec(runs, capsys):
@@ -109,7 +91,9 @@ def test_duckdb_reads_the_s3_results_through_fsspec(runs, capsys):
     database = local_catalog_path(ROOT)
     assert Path(database).is_file() and not fresh_fs().exists(f"{BUCKET}/{PREFIX}/wdys.duckdb")
     with connect(ROOT, database, read_only=True) as con:
-        assert_same_metrics(con.sql("select * from metrics").to_arrow_table().to_pylist(), first["metrics"])
+        assert_same_metrics(
+            con.sql("select * from metrics").to_arrow_table().to_pylist(), first["metrics"], 2 * 7
+        )
         assert con.execute("select count(*) from manifest").fetchall() == [(PARAMS["limit"],)]
         httpfs = "select count(*) from duckdb_extensions() where extension_name = 'httpfs' and loaded"
         assert con.execute(httpfs).fetchall() == [(0,)]

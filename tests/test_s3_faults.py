@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from runs import assert_same_metrics, cli_args, tiny_run
 from s3_support import moto_s3
 
 from flows.benchmark import benchmark
@@ -33,17 +34,8 @@ from tasks.evaluate import format_table
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "wdys-faults"
 CLEAN, FAULTY, SHARED = (f"s3://{BUCKET}/{name}" for name in ("clean", "faulty", "shared"))
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=8,
-    sample_seed=2,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name"],
-)
-ARGS = ["--datasets", "cifar10", "--splits", "dev", "--limit", "8", "--sample-seed", "2",
-        "--shard-size", "4", "--class-samples", "1", "--class-weights", "name"]  # fmt: skip
+PARAMS = tiny_run(seed=2, class_weights=["name"])
+ARGS = cli_args(PARAMS)
 SHARD_TABLES = {
     "manifest",
     "descriptions",
@@ -268,17 +260,6 @@ def open_uploads(port: int) -> list[str]:
     return [u["Key"] for u in uploads]
 
 
-def key(row: dict) -> tuple:
-    return (row["class_weights"], row["components"])
-
-
-def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
-    a, b = sorted(a, key=key), sorted(b, key=key)
-    assert len(a) == len(b) == 7
-    for x, y in zip(a, b, strict=True):  # floats: DuckDB may sum in another order
-        assert x == pytest.approx(y)
-
-
 # ---------------------------------------------------------------------------------------------
 # Tests
 
@@ -292,7 +273,7 @@ def test_faults_are_retried_and_no_partial_object_is_ever_visible(s3, clean_run,
     assert sum(injected.values()) > before and proxy.delayed, (injected, proxy.delayed)
     assert {("PUT", 503), ("GET", 500), ("HEAD", 503)} <= injected.keys(), injected
     assert faulty["shards_computed"] == clean_run["shards_computed"] > 0 and faulty["shards_cached"] == 0
-    assert_same_metrics(faulty["metrics"], clean_run["metrics"])
+    assert_same_metrics(faulty["metrics"], clean_run["metrics"], 7)
     assert watcher.broken == []
     objects = shard_objects(direct(port), FAULTY)
     assert watcher.seen.keys() == {f"{BUCKET}/faulty/{k}" for k in objects}  # it saw every shard, whole
@@ -366,7 +347,7 @@ def test_two_runs_on_one_root_at_once_leave_one_runs_objects(s3, clean_run, thro
     assert [printed_metrics(out) for out in outs] == [expected, expected]
     with connect(SHARED, local_catalog_path(SHARED), read_only=True) as con:
         assert_same_metrics(
-            con.sql("select * from metrics").to_arrow_table().to_pylist(), clean_run["metrics"]
+            con.sql("select * from metrics").to_arrow_table().to_pylist(), clean_run["metrics"], 7
         )
 
     # exactly the objects of one run, each whole; the predictions equal the single run's

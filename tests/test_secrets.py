@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from runs import tiny_run
 from s3_support import moto_s3
 
 from flows.benchmark import benchmark
@@ -46,16 +47,7 @@ SENTINELS = (OPENAI_KEY, KEY_ID, SECRET)
 BUCKET = "wdys-secrets"
 ROOT = f"s3://{BUCKET}/run"
 DESCRIBER = "openai:secrets-echo-model"
-PARAMS = dict(
-    datasets=["cifar10"],
-    splits=["dev"],
-    limit=8,
-    sample_seed=3,
-    shard_size=4,
-    class_samples=1,
-    class_weights=["name", "descriptions"],
-    describers=[DESCRIBER],
-)
+PARAMS = tiny_run(seed=3, class_weights=["name", "descriptions"], describers=[DESCRIBER])
 DEBUG_LOGGERS = ("", "prefect", "prefect.extra", "prefect._internal", "wdys", "openai", "httpx",
                  "httpcore", "s3fs", "fsspec", "aiobotocore", "botocore", "urllib3")  # fmt: skip
 

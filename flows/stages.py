@@ -1,0 +1,184 @@
+"""The benchmark's stages. Each submits one stage's tasks for one dataset split and returns what the
+next stage needs: per shard, the futures of the shards it reads.
+
+Tasks are submitted in dependency order (every task after the tasks it waits for) to a first-in,
+first-out pool, so a bounded pool cannot deadlock. An answer source of None is the image-only
+baseline: no describer, so no answers, no answer embeddings and only the weightings that need none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prefect.futures import PrefectFuture
+
+from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
+from storage.keys import AnswerSource, run_keys
+from tasks.cache import ShardResult
+from tasks.class_weights import class_weights_task, describe_classes
+from tasks.classify import classify_shard
+from tasks.describe import describe_shard, predict_shard
+from tasks.embed import embed_images_shard, embed_texts_shard
+from tasks.ingest import ingest_shard
+from tasks.plan import ShardPlan
+
+Futures = list[PrefectFuture]  # one per shard, in shard order
+Source = AnswerSource | None
+
+
+@dataclass
+class Run:
+    """Everything a run submitted, and the run keys of what it classifies."""
+
+    root: str
+    futures: list[PrefectFuture] = field(default_factory=list)
+    runs: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, futures: Sequence[PrefectFuture]) -> list[PrefectFuture]:
+        self.futures += futures
+        return list(futures)
+
+    def wait(self) -> list[ShardResult]:
+        return [f.result() for f in self.futures]
+
+
+def ingest(run: Run, plan: ShardPlan) -> Futures:
+    return run.add([ingest_shard.submit(run.root, plan.shard(s)) for s in range(len(plan.shards))])
+
+
+def answer(
+    run: Run, plan: ShardPlan, manifests: Futures, sources: Sequence[Source], encoders: Sequence[str]
+) -> tuple[dict[tuple[Source, str], Futures], dict[str, Futures]]:
+    """The describers' answers that no encoder ranks (descriptions; guesses without a shortlist) and
+    every encoder's image embeddings. One describer's shards come one after another, a shard's
+    description and guess back to back (the describer reads it once), and the image embeddings
+    beside the first describer's, so the describer and the encoders work side by side."""
+    answers: dict[tuple[Source, str], Futures] = {}
+    images: dict[str, Futures] = {e: [] for e in encoders}
+    for i, source in enumerate(sources):
+        for s, manifest in enumerate(manifests):
+            shard = plan.shard(s)
+            if source is not None:
+                answers.setdefault((source, "description"), []).append(
+                    describe_shard.submit(run.root, shard, source, wait_for=[manifest])
+                )
+            if source is not None and source.shortlist is None:
+                answers.setdefault((source, "prediction"), []).append(
+                    predict_shard.submit(run.root, shard, source, wait_for=[manifest])
+                )
+            for encoder in encoders if i == 0 else ():
+                images[encoder].append(
+                    embed_images_shard.submit(run.root, shard, encoder, wait_for=[manifest])
+                )
+    run.add([f for fs in (*answers.values(), *images.values()) for f in fs])
+    return answers, images
+
+
+def describe_classes_of(
+    run: Run, plan: ShardPlan, sources: Sequence[Source], weightings: Sequence[str]
+) -> dict[Source, PrefectFuture]:
+    """Each describer's class descriptions, when a weighting needs them."""
+    if not set(weightings) & set(NEEDS_DESCRIPTIONS):
+        return {}
+    dataset, names = plan.selection.dataset, plan.class_names
+    return {s: run.add([describe_classes.submit(run.root, dataset, names, s)])[0] for s in sources if s}
+
+
+def class_weights(
+    run: Run,
+    plan: ShardPlan,
+    encoder: str,
+    sources: Sequence[Source],
+    weightings: Sequence[str],
+    class_answers: dict[Source, PrefectFuture],
+) -> dict[tuple[str, Source], PrefectFuture]:
+    """Every weighting an encoder needs, keyed by (weighting, source); a weighting made without class
+    descriptions is computed once (source None) and serves every source. A `sum` waits for its parts."""
+    dataset, names = plan.selection.dataset, plan.class_names
+    needed = list(
+        dict.fromkeys(
+            [*weightings, *([SHORTLIST_WEIGHTING] if any(s and s.shortlist for s in sources) else [])]
+        )
+    )
+    order = sorted(needed, key=lambda w: bool(WEIGHTINGS[w].parts))  # parts before what sums them
+    weights: dict[tuple[str, Source], PrefectFuture] = {}
+    for w in order:
+        for source in sources if w in NEEDS_DESCRIPTIONS else [None]:
+            if w in NEEDS_DESCRIPTIONS and source is None:
+                continue
+            upstream = [class_answers[source]] if source in class_answers else []
+            upstream += [weights[key] for key in _parts(w, source) if key in weights]
+            weights[(w, source)] = run.add(
+                [class_weights_task.submit(run.root, dataset, names, encoder, w, source, wait_for=upstream)]
+            )[0]
+    return weights
+
+
+def _parts(weighting: str, source: Source) -> list[tuple[str, Source]]:
+    return [(p, source if p in NEEDS_DESCRIPTIONS else None) for p in WEIGHTINGS[weighting].parts]
+
+
+def weights_for(
+    weights: dict[tuple[str, Source], PrefectFuture], weighting: str, source: Source
+) -> PrefectFuture:
+    return weights[(weighting, source if weighting in NEEDS_DESCRIPTIONS else None)]
+
+
+def embed_answers(
+    run: Run,
+    plan: ShardPlan,
+    encoder: str,
+    source: Source,
+    answers: dict[tuple[Source, str], Futures],
+    images: Futures,
+    weights: dict[tuple[str, Source], PrefectFuture],
+) -> dict[str, Futures]:
+    """The encoder's embeddings of a source's descriptions and guesses; a shortlisted guess is asked
+    here, since this encoder's image-only scores rank the classes it lists. None without a source."""
+    if source is None:
+        return {}
+    guesses = answers.get((source, "prediction"))
+    if guesses is None:
+        ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
+        guesses = run.add(
+            [
+                predict_shard.submit(run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking])
+                for s in range(len(images))
+            ]
+        )
+    texts = {}
+    for kind, asked in (("description", answers[(source, "description")]), ("prediction", guesses)):
+        texts[kind] = run.add(
+            [
+                embed_texts_shard.submit(run.root, plan.shard(s), encoder, source, kind, wait_for=[done])
+                for s, done in enumerate(asked)
+            ]
+        )
+    return texts
+
+
+def classify(
+    run: Run,
+    plan: ShardPlan,
+    encoder: str,
+    source: Source,
+    weightings: Sequence[str],
+    images: Futures,
+    texts: dict[str, Futures],
+    weights: dict[tuple[str, Source], PrefectFuture],
+) -> None:
+    """Every component subset of every shard under each weighting (image-only without a source)."""
+    for weighting in weightings:
+        if source is None and weighting in NEEDS_DESCRIPTIONS:
+            continue
+        for s, image in enumerate(images):
+            upstream = [image, weights_for(weights, weighting, source), *(t[s] for t in texts.values())]
+            run.add(
+                [
+                    classify_shard.submit(
+                        run.root, plan.shard(s), encoder, source, weighting, wait_for=upstream
+                    )
+                ]
+            )
+        run.runs.append(run_keys(plan.selection, encoder, source, weighting))

@@ -1,0 +1,60 @@
+"""One function per table that makes a shard's address from what the shard depends on. Tasks and
+the report ask here; nothing else assembles partition keys, so a task's upstream edge and the path
+it reads cannot disagree."""
+
+from __future__ import annotations
+
+from method.fusion import WEIGHTINGS
+from storage.keys import NO_ANSWERS, AnswerSource, Selection, run_keys
+from storage.paths import shard_path
+from storage.schemas import (
+    CLASS_DESCRIPTIONS,
+    CLASS_WEIGHTS,
+    DESCRIPTIONS,
+    IMAGE_EMBEDDINGS,
+    MANIFEST,
+    PREDICTIONS,
+    TEXT_EMBEDDINGS,
+)
+
+
+def manifest_shard(root: str, selection: Selection, index: int) -> str:
+    return shard_path(root, MANIFEST, selection.keys(), index)
+
+
+def answers_shard(
+    root: str, selection: Selection, source: AnswerSource, kind: str, index: int, encoder: str | None = None
+) -> str:
+    """A describer's answers of one kind; `encoder` ranks a shortlisted prediction's classes."""
+    return shard_path(root, DESCRIPTIONS, {**selection.keys(), **source.answer_keys(kind, encoder)}, index)
+
+
+def image_embeddings_shard(root: str, selection: Selection, encoder: str, index: int) -> str:
+    return shard_path(root, IMAGE_EMBEDDINGS, {**selection.keys(), "encoder": encoder}, index)
+
+
+def text_embeddings_shard(
+    root: str, selection: Selection, encoder: str, source: AnswerSource, kind: str, index: int
+) -> str:
+    keys = {**selection.keys(), "encoder": encoder, **source.answer_keys(kind, encoder)}
+    return shard_path(root, TEXT_EMBEDDINGS, keys, index)
+
+
+def class_descriptions_shard(root: str, dataset: str, source: AnswerSource) -> str:
+    return shard_path(root, CLASS_DESCRIPTIONS, {"dataset": dataset, **source.class_keys()}, 0)
+
+
+def class_weights_shard(
+    root: str, dataset: str, encoder: str, weighting: str, source: AnswerSource | None
+) -> str:
+    """`source` only counts for weightings made from class descriptions (see method.fusion)."""
+    answers = source.class_keys() if source and WEIGHTINGS[weighting].needs_descriptions else NO_ANSWERS
+    keys = {"dataset": dataset, "encoder": encoder, "class_weights": weighting, **answers}
+    return shard_path(root, CLASS_WEIGHTS, keys, 0)
+
+
+def predictions_shard(
+    root: str, selection: Selection, encoder: str, source: AnswerSource | None, weighting: str, index: int
+) -> str:
+    """Without a source: the image-only baseline's predictions."""
+    return shard_path(root, PREDICTIONS, run_keys(selection, encoder, source, weighting), index)

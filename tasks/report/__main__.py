@@ -1,0 +1,5 @@
+"""`python -m tasks.report`."""
+
+from tasks.report.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""Writing a report (Markdown, HTML, figures) under any fsspec root, and the Prefect task that also
+publishes it as artifacts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+
+from method.stats import RESAMPLES
+from storage.io import filesystem
+from storage.paths import partition_value
+from tasks.report.data import ReportData, collect
+from tasks.report.document import Doc
+from tasks.report.sections import build
+
+GAINS_SHOWN = ("dataset", "split", "encoder", "describer", "class_weights", "components", "n", "base_top1")
+GAINS_SHOWN += ("top1", "gain_top1", "ci_low", "ci_high", "b", "c", "mcnemar_p")
+
+
+def default_name() -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        from prefect.runtime import flow_run
+
+        name = flow_run.name
+    except Exception:  # outside Prefect there is no run name
+        name = None
+    return f"{stamp}-{partition_value(name)}" if name else stamp
+
+
+def write_report(
+    root: str,
+    runs: list[dict[str, str]],
+    out: str | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[str, Doc, ReportData]:
+    """Write report.md, report.html and the figures to `out` (default `<root>/reports/<name>`)."""
+    data = collect(root, runs, resamples, seed)
+    doc = build(data)
+    out = (out or f"{root}/reports/{default_name()}").rstrip("/")
+    fs, path = filesystem(out)
+    fs.makedirs(path, exist_ok=True)
+    files = {
+        "report.md": doc.markdown().encode(),
+        "report.html": doc.html("wdys report").encode(),
+        **doc.figures,
+    }
+    for name, content in files.items():
+        fs.pipe_file(f"{path}/{name}", content)
+    return out, doc, data
+
+
+@task(cache_policy=NO_CACHE, name="report")
+def report(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, seed: int = 0) -> str:
+    """Write the run's report under `<root>/reports/` and publish it as Prefect artifacts."""
+    out, doc, data = write_report(root, runs, resamples=resamples, seed=seed)
+    create_markdown_artifact(
+        key="wdys-report",
+        markdown=f"Report folder: `{out}`\n\n" + doc.markdown(figure_prefix=None),
+        description="Paper-style table, gains with intervals and McNemar p-values, per-class accuracy.",
+    )
+    create_table_artifact(
+        key="wdys-gains",
+        table=[{k: g[k] for k in GAINS_SHOWN} for g in data.gains],
+        description="Gain in top-1 over image-only, paired: 95% bootstrap interval, McNemar exact p.",
+    )
+    return out
