@@ -81,8 +81,10 @@ def compare(
                 print(f"  run {run + 1} {side:<15} {wall:7.1f} s, top-1 {top1[side]:.2f} %", flush=True)
     ratio = statistics.median(walls["flow"]) / statistics.median(walls["clip_benchmark"])
     raw = (
-        f"{arch}, {count} images, batch {batch_size}, {device}; flow {walls['flow']} s, "
-        f"clip_benchmark {walls['clip_benchmark']} s (medians); top-1 {top1['flow']:.2f} % vs "
+        f"{arch}, {count} images, batch {batch_size}, {device}; "
+        f"flow {[round(w, 1) for w in walls['flow']]} s, "
+        f"clip_benchmark {[round(w, 1) for w in walls['clip_benchmark']]} s (median of each); "
+        f"top-1 {top1['flow']:.2f} % vs "
         f"{top1['clip_benchmark']:.2f} %"
     )
     # float32 on the CPU computes the same on both sides; under autocast the two differ in rounding
