@@ -1,10 +1,16 @@
 """A transformers image-text-to-text VLM (Gemma-3, SmolVLM/Idefics3, LLaVA, Qwen2-VL, ...) as a `Describer`.
 
 Inputs are rendered with the model's own chat template and generated in left-padded batches of
-WDYS_HF_BATCH_SIZE (default 8), each image as its own one-image list (`images=[[im], [im], ...]`,
-what every processor reads as one image per sample), so a batch answers exactly as the same images
-would one by one. Image answers are greedy; class descriptions are sampled with one seeded
-generator per (prompt, sample) (`backends.hf_sampling`), so they do not depend on the batch.
+WDYS_HF_BATCH_SIZE (a number, or `auto`: the largest batch that fits, found once per model and device
+by halving on out-of-memory; default `auto` on CUDA, 8 elsewhere), each image as its own one-image
+list (`images=[[im], [im], ...]`, what every processor reads as one image per sample), so a batch
+answers exactly as the same images would one by one. Image answers are greedy; class descriptions
+are sampled with one seeded generator per (prompt, sample) (`backends.hf_sampling`), so they do
+not depend on the batch.
+On CUDA, images are preprocessed on the GPU where the processor can (transformers' torchvision-based
+image processors take `device`). At most WDYS_HF_RESIDENT VLMs (default 1) stay loaded per device
+(`backends.hf_resident`): loading another releases the least recently loaded, which loads again if
+asked again.
 
 A model that does not load, or whose every item fails, raises `DescriberUnavailable`, now and for
 every later call; a batch that fails is retried item by item, and an item that still fails alone
@@ -13,6 +19,7 @@ is that item's error (retryable when it ran out of memory).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +35,12 @@ from transformers import (
     ProcessorMixin,
 )
 
+from backends import hf_resident
 from backends.base import Answer, DescriberUnavailable, sample_seed
 from backends.device import pick_device, pick_dtype
 from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
 from backends.hf_spec import (
+    AUTO_BATCH_START,
     CLASS_TEMPERATURE,
     UNRESOLVED,
     hub_cache,
@@ -46,6 +55,7 @@ __all__ = ["HFDescriber", "settings_for"]
 
 _MAX_ERROR_CHARS = 300
 _load_failures: dict[str, DescriberUnavailable] = {}  # a model that did not load is not tried again
+_auto_batches: dict[tuple[str, str], int] = {}  # the automatic batch size found per (model, device)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -78,17 +88,21 @@ class HFDescriber:
         model: PreTrainedModel,
         processor: ProcessorMixin,
         max_new_tokens: int,
-        batch_size: int,
+        batch_size: int | None,
         settings: dict[str, object],
     ) -> None:
+        """`batch_size` None: the automatic batch size."""
         self.model_id = "hf:" + spec
         self.forward_passes = 0
         self._spec = spec
-        self._model = model
+        self._model: PreTrainedModel | None = model
+        self.device = str(model.device)
         self._processor = processor
-        self._tokenizer = processor.tokenizer
+        self._tokenizer = _left_padding(processor)
         self._max_new_tokens = max_new_tokens
-        self._batch_size = max(1, batch_size)
+        self._auto = batch_size is None
+        found = _auto_batches.get((spec, self.device), AUTO_BATCH_START)
+        self._batch_size = found if batch_size is None else max(1, batch_size)
         self._settings = settings
         self._eos_ids = eos_ids(model)
         self._unavailable: DescriberUnavailable | None = None
@@ -102,19 +116,44 @@ class HFDescriber:
             raise _load_failures[spec]
         try:
             settings = settings_for(spec, max_new_tokens)
-            processor, model = _from_pretrained(spec, settings)
+            with hf_resident.loading(str(pick_device())):
+                processor, model = _from_pretrained(spec, settings)
+                size = batch_size if batch_size is not None else batch_size_setting()
+                describer = cls(spec, model, processor, max_new_tokens, size, settings)
+                hf_resident.loaded(describer)
         except DescriberUnavailable as exc:
             _load_failures[spec] = exc
             raise
         except Exception as exc:
             _load_failures[spec] = _load_error(spec, exc)
             raise _load_failures[spec] from exc
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"  # generation continues every row from its right end
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        size = batch_size if batch_size is not None else batch_size_setting()
-        return cls(spec, model, processor, max_new_tokens, size, settings)
+        return describer
+
+    @property
+    def resident(self) -> bool:
+        return self._model is not None
+
+    def release(self) -> None:
+        """Frees the model's memory once a running batch ends; the next call loads it again."""
+        with self._lock:
+            self._model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _ensure_loaded(self) -> None:
+        """Load a released model again (making room on its device), outside this describer's lock."""
+        if self._model is not None:
+            return
+        with hf_resident.loading(self.device, self):
+            if self._model is None:
+                try:
+                    self._processor, model = _from_pretrained(self._spec, self._settings)
+                except Exception as exc:
+                    raise _load_error(self._spec, exc) from exc
+                self._tokenizer = _left_padding(self._processor)
+                self._model = model
+            hf_resident.loaded(self)
 
     def settings(self) -> dict[str, object]:
         return dict(self._settings)
@@ -166,10 +205,16 @@ class HFDescriber:
         self._raise_if_unavailable()
         answers: list[Answer] = []
         failures: list[BaseException] = []
-        with self._lock:
-            for start in range(0, n, self._batch_size):
-                rows = list(range(start, min(n, start + self._batch_size)))
-                answers.extend(self._run_rows(rows, inputs, extra, failures))
+        while not answers and n:
+            self._ensure_loaded()
+            with self._lock:
+                if self._model is None:  # released meanwhile: load again
+                    continue
+                start = 0
+                while start < n:
+                    rows = list(range(start, min(n, start + self._batch_size)))
+                    answers.extend(self._run_rows(rows, inputs, extra, failures))
+                    start += len(rows)
         if n and len(failures) == n:
             self._unavailable = DescriberUnavailable(
                 f"hf describer {self._spec!r}: every one of {n} items failed, e.g. {_one_line(failures[0])}; "
@@ -188,12 +233,28 @@ class HFDescriber:
         try:
             return self._generate(inputs(rows), **extra(rows))
         except Exception as exc:
-            if _out_of_memory(exc) and torch.cuda.is_available():
+            oom = _out_of_memory(exc)
+            if oom and torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if oom and self._auto and len(rows) > 1:
+                self._halve_batch(len(rows))
+                answers: list[Answer] = []
+                while len(answers) < len(rows):  # at the current size: a part may halve it again
+                    part = rows[len(answers) : len(answers) + self._batch_size]
+                    answers += self._run_rows(part, inputs, extra, failures)
+                return answers
             if len(rows) > 1:
                 return [a for row in rows for a in self._run_rows([row], inputs, extra, failures)]
             failures.append(exc)
             return [Answer(None, error=_one_line(exc), retryable=_out_of_memory(exc))]
+
+    def _halve_batch(self, failed: int) -> None:
+        """The automatic batch size after `failed` rows ran out of memory: half, kept for this model
+        and device (later calls and later loads start there)."""
+        size = max(1, failed // 2)
+        key = (self._spec, self.device)
+        _auto_batches[key] = min(_auto_batches.get(key, size), size)
+        self._batch_size = min(self._batch_size, size)
 
     def _raise_if_unavailable(self) -> None:
         if self._unavailable is not None:
@@ -221,6 +282,7 @@ class HFDescriber:
         kwargs["add_special_tokens"] = add_special
         if images is not None:
             kwargs["images"] = images
+            kwargs.update(_gpu_preprocessing(self._processor, self._model))
         return self._processor(text=texts, **kwargs)
 
     def _generate(self, inputs: BatchFeature, **gen_kwargs: object) -> list[Answer]:
@@ -251,6 +313,27 @@ class HFDescriber:
                 )
             )
         return answers
+
+
+def _left_padding(processor: ProcessorMixin) -> object:
+    """The processor's tokenizer, padding on the left: generation continues each row at its right end."""
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _gpu_preprocessing(processor: ProcessorMixin, model: PreTrainedModel | None) -> dict[str, object]:
+    """`device=` for transformers' torchvision-based (fast) image processors when the model is on
+    CUDA: resizing and normalising then run on the GPU instead of the CPU."""
+    image_processor = getattr(processor, "image_processor", None)
+    fast = any(
+        c.__name__ in ("TorchvisionBackend", "BaseImageProcessorFast") for c in type(image_processor).__mro__
+    )
+    if model is None or model.device.type != "cuda" or not fast:
+        return {}
+    return {"device": str(model.device)}
 
 
 def _from_pretrained(spec: str, settings: dict[str, object]) -> tuple[ProcessorMixin, PreTrainedModel]:

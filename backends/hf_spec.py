@@ -17,6 +17,7 @@ from backends.device import pick_device, pick_dtype
 
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
 DEFAULT_BATCH_SIZE = 8
+AUTO_BATCH_START = 64  # where the automatic batch size starts halving
 UNRESOLVED = "unresolved"
 _TRUE = ("1", "true", "yes", "on")
 
@@ -45,13 +46,29 @@ def trust_remote_code() -> bool:
     return os.environ.get("WDYS_TRUST_REMOTE_CODE", "").strip().lower() in _TRUE
 
 
-def batch_size() -> int:
-    """Images (or class-description samples) per `generate()`: WDYS_HF_BATCH_SIZE, default 8."""
-    raw = os.environ.get("WDYS_HF_BATCH_SIZE", "").strip()
+def batch_size() -> int | None:
+    """Images (or class-description samples) per `generate()`: WDYS_HF_BATCH_SIZE, a number, or
+    `auto` (None): the largest batch that fits, found once per model and device by halving from
+    `AUTO_BATCH_START` on out-of-memory. Default: `auto` on CUDA, 8 elsewhere (a CPU does not run
+    out of memory gracefully, and batching gains little there)."""
+    raw = os.environ.get("WDYS_HF_BATCH_SIZE", "").strip().lower()
     if not raw:
-        return DEFAULT_BATCH_SIZE
+        return None if pick_device().type == "cuda" else DEFAULT_BATCH_SIZE
+    if raw == "auto":
+        return None
     if not raw.isdigit() or int(raw) < 1:
-        raise DescriberUnavailable(f"WDYS_HF_BATCH_SIZE must be a positive integer, not {raw!r}")
+        raise DescriberUnavailable(f"WDYS_HF_BATCH_SIZE must be a positive integer or 'auto', not {raw!r}")
+    return int(raw)
+
+
+def resident_limit() -> int:
+    """VLMs kept loaded per device at once (WDYS_HF_RESIDENT, default 1; 0: no limit): loading one
+    more releases the least recently used one first."""
+    raw = os.environ.get("WDYS_HF_RESIDENT", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit():
+        raise DescriberUnavailable(f"WDYS_HF_RESIDENT must be a non-negative integer, not {raw!r}")
     return int(raw)
 
 

@@ -9,13 +9,26 @@ config, the tag an `hf-hub:` weight id belongs to, or the folder's own config; a
 file follows its architecture name (`ViT-B-32-quickgelu` for OpenAI's weights). A suffix forces
 either: `open_clip:ViT-B-32/openai#gelu`, `open_clip:ViT-B-32//ckpt.pt#quickgelu`.
 
-Runs in float32 on whatever `pick_device()` gives, so embeddings do not depend on the dtype a GPU
-happens to support.
+Precision is part of the encoder's identity (and so of every cache key holding its outputs):
+`open_clip:ViT-B-32/openai+amp-bf16` runs under bf16 autocast, `+amp-fp16` under fp16 autocast, and
+no suffix (or `+fp32`) in float32, so embeddings of different precision never mix. `identity()` is
+the hook the flow calls once per encoder id: with $WDYS_CLIP_PRECISION `auto` (the default) it adds
+autocast on CUDA (bf16 where the GPU supports it, else fp16), as CLIP_benchmark does, and keeps
+float32 elsewhere (the CPU's ids and results are what they were); `fp32` switches autocast off, and
+`amp-bf16` / `amp-fp16` ask for it anywhere. An explicit suffix in the id wins over the variable.
+
+Images are preprocessed by `prepare_images`, which tasks call before taking the model lock (so one
+shard's preprocessing overlaps another's forward passes); given images instead, `encode_images`
+preprocesses the next batch on a helper thread while the model runs the current one. On CUDA the
+pixels are pinned and copied without blocking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +43,38 @@ from backends.device import pick_device
 
 _SCHEMES = ("local-dir:", "hf-hub:")
 ACTIVATIONS = {"quickgelu": True, "gelu": False}  # the `#` suffix that forces an activation
+PRECISIONS = {"fp32": None, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}  # the `+` suffix
+PRECISION_ENV = "WDYS_CLIP_PRECISION"
+
+
+def split_precision(spec: str) -> tuple[str, str]:
+    """`spec+amp-bf16` -> (spec, 'amp-bf16'); no known suffix -> (spec, 'fp32')."""
+    base, sep, suffix = spec.rpartition("+")
+    if sep and suffix in PRECISIONS:
+        return base, suffix
+    return spec, "fp32"
+
+
+def default_precision(device: torch.device) -> str:
+    """What $WDYS_CLIP_PRECISION asks for on `device`: `auto` autocasts on CUDA only."""
+    wanted = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    if wanted != "auto":
+        if wanted not in PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV} must be auto, {', '.join(PRECISIONS)}; not {wanted!r}")
+        return wanted
+    if device.type != "cuda":
+        return "fp32"
+    return "amp-bf16" if torch.cuda.is_bf16_supported() else "amp-fp16"
+
+
+def identity(spec: str) -> str:
+    """The spec with the precision it will run at (the cache identity): an explicit suffix, else
+    $WDYS_CLIP_PRECISION on this machine's device. float32 carries no suffix, so float32 results
+    keep the keys they always had."""
+    base, precision = split_precision(spec)
+    if not spec.endswith("+" + precision):
+        precision = default_precision(pick_device())
+    return base if precision == "fp32" else f"{base}+{precision}"
 
 
 def split_activation(spec: str) -> tuple[str, bool | None]:
@@ -44,8 +89,8 @@ def split_activation(spec: str) -> tuple[str, bool | None]:
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """`<arch>/<pretrained>` split at the first '/', or a whole `local-dir:`/`hf-hub:` model name
-    (an activation suffix is not part of either)."""
-    spec, _ = split_activation(spec)
+    (an activation or precision suffix is not part of either)."""
+    spec, _ = split_activation(split_precision(spec)[0])
     if spec.startswith(_SCHEMES):
         return spec, None
     arch, _, pretrained = spec.partition("/")
@@ -76,7 +121,7 @@ def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
 
 def activation_kwargs(spec: str) -> dict[str, bool]:
     """The `create_model_and_transforms` arguments that build the activation the weights need."""
-    base, forced = split_activation(spec)
+    base, forced = split_activation(split_precision(spec)[0])
     arch, pretrained = parse_spec(base)
     quick = forced if forced is not None else trained_quick_gelu(arch, pretrained)
     if quick is None:
@@ -117,6 +162,7 @@ class OpenClipEncoder:
         tokenizer: Any,
         device: torch.device,
         batch_size: int = 64,
+        precision: str = "fp32",
     ) -> None:
         self.model_id = model_id
         self.model = model.eval()
@@ -124,12 +170,14 @@ class OpenClipEncoder:
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
         self.context_length: int = int(getattr(tokenizer, "context_length", None) or model.context_length)
         self.dim = self._probe_dim()
         self.forward_passes = 0
 
     @classmethod
     def load(cls, spec: str, batch_size: int = 64) -> OpenClipEncoder:
+        """Runs at the precision the spec's suffix names (float32 without one)."""
         name, pretrained = parse_spec(spec)
         device = pick_device()
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -139,28 +187,65 @@ class OpenClipEncoder:
             **activation_kwargs(spec),
         )
         tokenizer = open_clip.get_tokenizer(name)
-        return cls("open_clip:" + spec, model, preprocess, tokenizer, device, batch_size=batch_size)
+        precision = split_precision(spec)[1]
+        return cls("open_clip:" + spec, model, preprocess, tokenizer, device, batch_size, precision)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     @torch.inference_mode()
     def _probe_dim(self) -> int:
         """The embedding width, read off one text forward: model classes do not agree on an attribute."""
         return int(self.model.encode_text(self.tokenizer([""]).to(self.device)).shape[-1])
 
+    def prepare_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's input for `images`, made on the calling thread without the model: tasks call
+        it before taking the model lock. Pinned on CUDA, so the copy to the GPU does not block."""
+        if not images:
+            return torch.zeros((0, 0))
+        pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+        return pixels.pin_memory() if self.device.type == "cuda" else pixels
+
+    def _pixel_batches(self, images: Sequence[Image.Image] | torch.Tensor) -> Iterator[torch.Tensor]:
+        """Batches of model input; from images, the next batch is prepared while this one runs."""
+        parts = _batches(len(images), self.batch_size)
+        if isinstance(images, torch.Tensor):
+            yield from (images[part] for part in parts)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="clip-preprocess") as pool:
+            ahead: Future[torch.Tensor] | None = None
+            for part in parts:
+                following = pool.submit(self.prepare_images, images[part])
+                if ahead is not None:
+                    yield ahead.result()
+                ahead = following
+            if ahead is not None:
+                yield ahead.result()
+
+    def _stack(self, outputs: list[torch.Tensor]) -> np.ndarray:
+        """One copy back (and one wait for the GPU) per call, not one per batch."""
+        if not outputs:
+            return np.zeros((0, self.dim), np.float32)
+        return torch.cat(outputs).float().cpu().numpy().astype(np.float32, copy=False)
+
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        out = [np.zeros((0, self.dim), np.float32)]
-        for part in _batches(len(images), self.batch_size):
-            pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images[part]])
-            out.append(self.model.encode_image(pixels.to(self.device)).float().cpu().numpy())
+    def encode_images(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
+        """Images, or what `prepare_images` made of them."""
+        out = []
+        for pixels in self._pixel_batches(images):
+            with self._autocast():
+                out.append(self.model.encode_image(pixels.to(self.device, non_blocking=True)).float())
             self.forward_passes += 1
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return self._stack(out)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> TextEmbeddings:
-        out = [np.zeros((0, self.dim), np.float32)]
+        out = []
         for part in _batches(len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[part])).to(self.device)
-            out.append(self.model.encode_text(tokens).float().cpu().numpy())
+            tokens = self.tokenizer(list(texts[part])).to(self.device, non_blocking=True)
+            with self._autocast():
+                out.append(self.model.encode_text(tokens).float())
             self.forward_passes += 1
         truncated = [(_token_count(self.tokenizer, t) or 0) > self.context_length for t in texts]
-        return TextEmbeddings(np.concatenate(out).astype(np.float32, copy=False), truncated)
+        return TextEmbeddings(self._stack(out), truncated)

@@ -4,7 +4,8 @@ Settings come from the environment (read again by every `settings_for` and `load
 
 - OPENAI_BASE_URL (default OpenAI's), OPENAI_API_KEY (a placeholder when unset: local servers want
   none). The key stays inside the client: never logged, never in `settings()`, scrubbed from errors.
-- WDYS_OPENAI_CONCURRENCY (requests in flight, default 8), WDYS_OPENAI_TIMEOUT_S (60),
+- WDYS_OPENAI_CONCURRENCY (the most requests in flight to one endpoint and model, default 64: a
+  batching server wants many at once), WDYS_OPENAI_TIMEOUT_S (60),
   WDYS_OPENAI_MAX_RETRIES (4; the client retries 408/409/429/5xx, timeouts and dropped connections
   with backoff and honours Retry-After).
 - WDYS_OPENAI_TOKEN_PARAM: `max_tokens` (default) or `max_completion_tokens` (OpenAI's reasoning
@@ -19,6 +20,10 @@ that spent the whole limit thinking) is an error. A failure of the describer as 
 404, an unreachable server, every request of a fresh describer refused) raises
 `DescriberUnavailable` now and for every later call of this describer; transient failures left after
 the client's retries are `retryable` answers.
+
+Requests draw on one adaptive in-flight budget per endpoint and model (`backends.inflight`), shared
+by every describer and task of the process, so shards of one run overlap
+(`concurrent_shards`): a shard's slow requests do not hold up the next shard's.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import openai
 from PIL import Image
 
 from backends.base import Answer, DescriberUnavailable, sample_seed
+from backends.inflight import BudgetedHttpClient, budget_for
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 GREEDY_TEMPERATURE = 0.0
@@ -157,14 +163,19 @@ def _server_message(exc: openai.APIStatusError) -> str:
 
 
 class OpenAIDescriber:
-    """Each image (or class-description sample) is its own request, so one failure costs one answer."""
+    """Each image (or class-description sample) is its own request, so one failure costs one answer.
+
+    Thread-safe: tasks may call it for several shards at once (`tasks.cache.exclusive` then takes no
+    lock); the in-flight budget bounds the requests, and each thread counts its own answers."""
+
+    concurrent_shards = True
 
     def __init__(
         self,
         model: str,
         client: openai.OpenAI,
         max_new_tokens: int = 77,
-        concurrency: int = 8,
+        concurrency: int = 64,
         settings: dict[str, object] | None = None,
         token_param: str = TOKEN_PARAMS[0],
     ) -> None:
@@ -174,6 +185,7 @@ class OpenAIDescriber:
         self.max_new_tokens = max_new_tokens
         self.concurrency = concurrency
         self.forward_passes = 0
+        self._thread = threading.local()
         self._settings = settings or settings_for(model, max_new_tokens)
         self._token_param = token_param
         self._send_temperature = self._settings["temperature"] != "omitted"
@@ -187,17 +199,26 @@ class OpenAIDescriber:
     def load(cls, spec: str, max_new_tokens: int = 77) -> OpenAIDescriber:
         """Checks the settings and builds the client; sends nothing (the first request tells)."""
         settings = settings_for(spec, max_new_tokens)
+        concurrency = max(1, int(_env_number("WDYS_OPENAI_CONCURRENCY", 64)))
+        budget = budget_for(str(settings["endpoint"]), spec, concurrency)
         client = openai.OpenAI(
             base_url=os.environ.get("OPENAI_BASE_URL") or None,
             api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
             timeout=_env_number("WDYS_OPENAI_TIMEOUT_S", 60.0),
             max_retries=int(_env_number("WDYS_OPENAI_MAX_RETRIES", 4)),
+            http_client=BudgetedHttpClient(budget),
         )
-        concurrency = max(1, int(_env_number("WDYS_OPENAI_CONCURRENCY", 8)))
         return cls(spec, client, max_new_tokens, concurrency, settings=settings, token_param=_token_param())
 
     def settings(self) -> dict[str, object]:
         return dict(self._settings)
+
+    def passes_in_this_thread(self) -> int:
+        """Answers got by calls from the current thread: a shard's own count while shards overlap."""
+        return getattr(self._thread, "passes", 0)
+
+    def _responses_here(self) -> int:
+        return getattr(self._thread, "responses", 0)
 
     def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
         return self._map(lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images)
@@ -222,8 +243,15 @@ class OpenAIDescriber:
         self._raise_if_unavailable()
         if not items:
             return []
+
+        def counted(item: T) -> tuple[Answer, int]:  # the responses this item got, on its pool thread
+            before = self._responses_here()
+            return fn(item), self._responses_here() - before
+
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            answers = list(pool.map(fn, items))
+            done = list(pool.map(counted, items))  # the budget decides how many are on the wire
+        answers = [answer for answer, _ in done]
+        self._thread.passes = self.passes_in_this_thread() + sum(n for _, n in done)
         if len(answers) > 1 and not self._succeeded and all(a.error and not a.retryable for a in answers):
             # A fresh describer whose every request is refused is misconfigured, not unlucky.
             raise self._fail(
@@ -284,6 +312,7 @@ class OpenAIDescriber:
         message = choice.message if choice else None
         finish = choice.finish_reason if choice else None
         text = ((message.content if message else None) or "").strip()
+        self._thread.responses = self._responses_here() + 1
         with self._lock:
             self.forward_passes += 1
             self._reached = True

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from backends.registry import validate_describer_id, validate_encoder_id
+from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
 from flows import stages
 from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
@@ -147,6 +147,7 @@ def benchmark(
     started = time.perf_counter()
     describers = pick_describers(encoders, describers)
     check_parameters(encoders, describers, class_weights, shard_size, shortlist)
+    encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)
     check_cluster(root)  # on Dask: a GPU worker exists, and the workers see the root
     sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers] or [None]

@@ -118,7 +118,14 @@ def model_device(model: object) -> str:
 @contextmanager
 def exclusive(model: object) -> Iterator[Callable[[], int]]:
     """Run one shard at a time on a shared model, inside a slot of its device; yields a function
-    giving the forward passes spent so far."""
+    giving the forward passes spent so far. A model declaring `concurrent_shards` (a remote describer:
+    it bounds its own requests and uses no local device) is shared without a lock or a slot and
+    counts per thread, so that shards overlap."""
+    if getattr(model, "concurrent_shards", False):
+        here = model.passes_in_this_thread  # type: ignore[attr-defined]
+        start = here()
+        yield lambda: here() - start
+        return
     with _registry_lock:
         lock = _model_locks.setdefault(id(model), threading.Lock())
     with lock, gpu_slot(model):

@@ -36,8 +36,11 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
         images, errors = decode_manifest(manifest)
         encoder = load_encoder(encoder_id)
         present = [im is not None for im in images]
+        pixels = [im for im in images if im is not None]
+        if hasattr(encoder, "prepare_images"):  # preprocess outside the lock, beside another shard's forward
+            pixels = encoder.prepare_images(pixels)
         with exclusive(encoder) as passes:
-            vectors = encoder.encode_images([im for im in images if im is not None])
+            vectors = encoder.encode_images(pixels)
             spent = passes()
         table = pa.table(
             {

@@ -64,6 +64,10 @@ class FakeChatServer(ThreadingHTTPServer):
         self.reject_max_tokens = False  # like OpenAI's reasoning models
         self.reject_temperature = False
         self.keep_alive = True  # False: close every connection after its response
+        self.capacity: int | None = None  # answer 429 at once to a request above this many in flight
+        self.capacity_headers: dict[str, str] = {}  # sent with those 429s (e.g. Retry-After)
+        self.overloaded = 0  # 429s sent for capacity
+        self.spans: list[tuple[float, float]] = []  # (arrival, reply) of every request answered 200
 
     @property
     def base_url(self) -> str:
@@ -94,17 +98,24 @@ class ChatHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv = self.server
+        arrival = time.monotonic()
         with srv.lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+            over = srv.capacity is not None and srv.in_flight > srv.capacity
+            srv.overloaded += over
         try:
+            if over:
+                return self._send(429, {"error": {"message": "over capacity"}}, srv.capacity_headers)
             time.sleep(srv.delay_s)
-            self._answer(body)
+            if self._answer(body) == 200:
+                with srv.lock:
+                    srv.spans.append((arrival, time.monotonic()))
         finally:
             with srv.lock:
                 srv.in_flight -= 1
 
-    def _answer(self, body: dict[str, Any]) -> None:
+    def _answer(self, body: dict[str, Any]) -> int:
         srv = self.server
         text, image = request_parts(body)
         size = image.size if image else None
@@ -150,9 +161,9 @@ class ChatHandler(BaseHTTPRequestHandler):
                 "completion_tokens": 5,
                 "total_tokens": len(text) + 5,
             }
-        self._send(200, reply)
+        return self._send(200, reply)
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> int:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -162,6 +173,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.close_connection = not self.server.keep_alive
+        return status
 
 
 @contextmanager

@@ -1,0 +1,183 @@
+"""Figure 1 of issue 13: the `openai:` describer against a local OpenAI-compatible server that answers
+in 0.5 s and serves at most 64 requests at once (128 requests/s at best), then against the same
+server answering 429 above 16 in flight (32 requests/s at best).
+
+The describe and predict tasks of N CIFAR-10 test images (2N requests) run as the benchmark flow runs
+them: Prefect tasks on the flow's bounded thread pool ($WDYS_TASK_THREADS), shards submitted in order,
+default describer settings. The server (tests/fake_chat_server.py, in its own process so that it does
+not share the client's GIL) counts the requests it answered and refused: every image must end with
+a stored answer, and the server must have answered exactly 2N requests (none lost, none answered
+twice).
+
+    python -m benchmarks.served [--images 512] [--shard-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DELAY_S = 0.5
+
+
+def serve(delay_s: float, at_once: int | None, reject_above: int | None) -> None:
+    """Run the fake server until killed: at most `at_once` requests served at a time (the others
+    wait, as in a batching server's queue), or 429 at once above `reject_above` in flight.
+    GET /stats answers its counters as JSON."""
+    sys.path.insert(0, str(REPO))
+    from tests.fake_chat_server import ChatHandler, FakeChatServer
+
+    slots = threading.BoundedSemaphore(at_once) if at_once else None
+
+    class Handler(ChatHandler):
+        def do_POST(self) -> None:
+            if slots is None:
+                return super().do_POST()
+            with slots:
+                return super().do_POST()
+
+        def do_GET(self) -> None:
+            srv = self.server
+            with srv.lock:
+                spans = list(srv.spans)
+                stats = {
+                    "answered": len(spans),
+                    "refused": srv.overloaded,
+                    "max_in_flight": srv.max_in_flight,
+                    "window_s": (max(e for _, e in spans) - min(s for s, _ in spans)) if spans else 0.0,
+                }
+            self._send(200, stats)
+
+    server = FakeChatServer()
+    server.RequestHandlerClass = Handler
+    server.request_queue_size = 1024
+    server.delay_s = delay_s
+    server.capacity = reject_above
+    print(server.base_url, flush=True)
+    server.serve_forever(poll_interval=0.05)
+
+
+def start_server(at_once: int | None, reject_above: int | None) -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, "-m", "benchmarks.served", "--serve", "--delay", str(DELAY_S)]
+    args += ["--at-once", str(at_once or 0), "--reject-above", str(reject_above or 0)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def stats(base_url: str) -> dict:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=10) as answer:
+        return json.load(answer)
+
+
+def describer_tasks(root: str, images: int, shard_size: int) -> tuple[float, int]:
+    """Wall time of the describe and predict tasks of `images` CIFAR-10 test images, and the
+    answers stored (a text each), run on the benchmark flow's task runner."""
+    from prefect import flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.benchmark import task_threads
+    from storage.io import read_table
+    from storage.keys import Selection
+    from tasks.describe import answer_source, describe_shard, predict_shard
+    from tasks.ingest import ingest_shard
+    from tasks.plan import plan_dataset
+
+    plan = plan_dataset(Selection("cifar10", "test", images, 0, shard_size))
+    parts = [plan.shard(i) for i in range(len(plan.shards))]
+    source = answer_source(f"openai:bench-{time.time_ns()}", 77, None, None)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=task_threads()))
+    def describe_only() -> list:
+        manifests = [ingest_shard.submit(root, part) for part in parts]
+        futures = []
+        for s, part in enumerate(parts):
+            futures.append(describe_shard.submit(root, part, source, wait_for=[manifests[s]]))
+            futures.append(predict_shard.submit(root, part, source, wait_for=[manifests[s]]))
+        return [f.result() for f in futures]
+
+    started, cpu = time.perf_counter(), time.process_time()
+    results = describe_only()
+    wall = time.perf_counter() - started
+    print(f"  client CPU {time.process_time() - cpu:.1f} s in {wall:.1f} s", flush=True)
+    texts = sum(sum(t is not None for t in read_table(r.path).column("text").to_pylist()) for r in results)
+    return wall, texts
+
+
+def measure(images: int, shard_size: int, at_once: int | None, reject_above: int | None) -> dict:
+    proc, base_url = start_server(at_once, reject_above)
+    old = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "NO_PROXY")}
+    os.environ.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="local", NO_PROXY="127.0.0.1,localhost")
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            wall, texts = describer_tasks(root, images, shard_size)
+        return {"wall_s": wall, "texts": texts, **stats(base_url)}
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        proc.kill()
+        proc.wait()
+
+
+def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
+    from benchmarks.bench import verdict
+    from flows.benchmark import benchmark
+
+    with tempfile.TemporaryDirectory() as root:
+        benchmark(root=root, limit=8, splits=["dev"])  # warm-up: the temporary Prefect server starts
+    rows = []
+    for label, at_once, reject, best, target in (
+        ("served 64 at once", 64, None, 64 / DELAY_S, 0.90),
+        ("429 above 16 in flight", None, 16, 16 / DELAY_S, 0.80),
+    ):
+        got = measure(images, shard_size, at_once, reject)
+        requests = 2 * images
+        rate = requests / got["wall_s"]
+        whole = got["texts"] == requests and got["answered"] == requests  # none lost, none answered twice
+        raw = (
+            f"{requests} requests in {got['wall_s']:.1f} s = {rate:.1f}/s of {best:.0f}/s; "
+            f"server busy {got['window_s']:.1f} s; {got['refused']} refused (429), "
+            f"most in flight {got['max_in_flight']}; "
+            f"answers stored {got['texts']}, answered by the server {got['answered']}"
+        )
+        rows.append(
+            verdict(
+                f"openai describer, {label}: rate / best",
+                rate / best,
+                f">= {target}",
+                rate / best >= target,
+                raw,
+            )
+        )
+        rows.append(
+            verdict(f"openai describer, {label}: none lost or repeated", float(whole), "1", whole, raw)
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.served", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--delay", type=float, default=DELAY_S, help=argparse.SUPPRESS)
+    parser.add_argument("--at-once", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--reject-above", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.delay, args.at_once or None, args.reject_above or None)
+    else:
+        figure(args.images, args.shard_size)
+
+
+if __name__ == "__main__":
+    main()
