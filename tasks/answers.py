@@ -24,7 +24,7 @@ from backends.base import Answer, DescriberUnavailable
 from storage.errors import UserError
 from storage.io import exists, read_table, remove, write_table
 from storage.paths import pending_path
-from tasks.cache import ShardResult
+from tasks.cache import ShardResult, publish
 
 # A task retry after the client's own retries: together they span a server outage of a minute or two.
 ANSWER_RETRY_DELAYS_S = [10, 30, 60]
@@ -93,6 +93,6 @@ def answer_shard(
             f"{len(missing)} of {len(keys)} answers failed after the client's retries "
             f"(e.g. {missing[0].error}); they alone are asked again on the task's retry or the next run"
         )
-    write_table(path, table, exclusive=True)
+    publish(path, table)
     remove(pending)
     return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)

@@ -39,9 +39,14 @@ def cached_shard(path: str, compute: Callable[[], tuple[pa.Table, int]]) -> Shar
     if exists(path):
         return ShardResult(path, computed=False)
     table, passes = compute()
+    publish(path, table)
+    return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
+
+
+def publish(path: str, table: pa.Table) -> None:
+    """Write a computed shard, once (first writer wins), recording where it was computed."""
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **computed_by()})
     write_table(path, table, exclusive=True)
-    return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
 
 
 def computed_by() -> dict[bytes, bytes]:
