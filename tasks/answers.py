@@ -16,7 +16,8 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import pyarrow as pa
-from prefect import Task
+from prefect import Task, task
+from prefect.cache_policies import NONE as NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
@@ -39,6 +40,19 @@ def retry_unless_unavailable(task: Task, task_run: TaskRun, state: State) -> boo
     """Prefect's retry condition: a describer that cannot answer at all is not asked again."""
     error = state.result(raise_on_failure=False)
     return not isinstance(error, DescriberUnavailable)
+
+
+def describer_task(name: str) -> Callable:
+    """The Prefect task decorator every describer task shares: on the `gpu` tag, retried after
+    transient failures (`ANSWER_RETRY_DELAYS_S`), never after `DescriberUnavailable`."""
+    return task(
+        cache_policy=NO_CACHE,
+        name=name,
+        tags=["gpu"],
+        retries=len(ANSWER_RETRY_DELAYS_S),
+        retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
+        retry_condition_fn=retry_unless_unavailable,
+    )
 
 
 def require_an_answer(describer: str, answers: Sequence[Answer]) -> None:

@@ -25,22 +25,14 @@ from storage.io import read_table
 from storage.keys import AnswerSource
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
 from tasks.answers import (
-    ANSWER_RETRY_DELAYS_S,
     answer_shard,
+    describer_task,
     require_an_answer,
-    retry_unless_unavailable,
 )
 from tasks.cache import ShardResult, cached_shard, exclusive
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="describe-classes",
-    tags=["gpu"],
-    retries=len(ANSWER_RETRY_DELAYS_S),
-    retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
-    retry_condition_fn=retry_unless_unavailable,
-)
+@describer_task("describe-classes")
 def describe_classes(
     root: str, dataset: str, class_names: tuple[str, ...], source: AnswerSource
 ) -> ShardResult:

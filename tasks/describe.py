@@ -10,8 +10,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NONE as NO_CACHE
 
 from backends.base import Answer
 from backends.registry import default_class_samples, describer_settings, load_describer
@@ -23,10 +21,9 @@ from storage.io import exists, read_table
 from storage.keys import AnswerSource
 from storage.schemas import DESCRIPTIONS
 from tasks.answers import (
-    ANSWER_RETRY_DELAYS_S,
     answer_shard,
+    describer_task,
     require_an_answer,
-    retry_unless_unavailable,
 )
 from tasks.cache import ShardResult, exclusive
 from tasks.class_weights import read_class_weights
@@ -90,14 +87,7 @@ def answer_images(
     return answer_shard(path, ["image_id"], ids, ask, rows)
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="describe",
-    tags=["gpu"],
-    retries=len(ANSWER_RETRY_DELAYS_S),
-    retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
-    retry_condition_fn=retry_unless_unavailable,
-)
+@describer_task("describe")
 def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
     path = answers_shard(root, shard.selection, source, "description", shard.index)
     return answer_images(root, shard, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
@@ -113,14 +103,7 @@ def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> lis
     return shortlist(scores, k)
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="predict",
-    tags=["gpu"],
-    retries=len(ANSWER_RETRY_DELAYS_S),
-    retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
-    retry_condition_fn=retry_unless_unavailable,
-)
+@describer_task("predict")
 def predict_shard(
     root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
 ) -> ShardResult:
