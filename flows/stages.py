@@ -15,7 +15,6 @@ from prefect.futures import PrefectFuture
 
 from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
 from storage.keys import AnswerSource, run_keys
-from tasks.cache import ShardResult
 from tasks.class_weights import class_weights_task, describe_classes
 from tasks.classify import classify_shard
 from tasks.describe import describe_shard, predict_shard
@@ -38,9 +37,6 @@ class Run:
     def add(self, futures: Sequence[PrefectFuture]) -> list[PrefectFuture]:
         self.futures += futures
         return list(futures)
-
-    def wait(self) -> list[ShardResult]:
-        return [f.result() for f in self.futures]
 
 
 def ingest(run: Run, plan: ShardPlan) -> Futures:
