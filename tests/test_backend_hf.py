@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from tiny_vlms import build
+from tiny_vlms import build, load_on_cpu
 
 from backends.base import Answer, Describer, sample_seed
 from backends.hf_describer import HFDescriber
 from backends.hf_sampling import SeededGumbel, completion_length
 from backends.hf_spec import settings_for
-from backends.registry import describer_settings, load_describer
+from backends.registry import describer_settings
 from sources.benchmarks import EMBEDDED_DATASETS
 
 MAX_NEW_TOKENS = 8
@@ -41,11 +41,7 @@ def on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def describer(model_dir: Path) -> HFDescriber:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WDYS_DEVICE", "cpu")
-        loaded = load_describer("hf:" + str(model_dir), max_new_tokens=MAX_NEW_TOKENS)
-    assert isinstance(loaded, HFDescriber)
-    return loaded
+    return load_on_cpu(model_dir, MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_vlms import ARCHITECTURES, build
+from tiny_vlms import ARCHITECTURES, build, load_on_cpu
 from transformers import AutoProcessor
 
 from backends.base import Answer
 from backends.hf_describer import HFDescriber
-from backends.registry import load_describer
 
 pytestmark = pytest.mark.slow  # four models, about 20 s on 2 busy cores
 
@@ -41,11 +40,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def describer(model_dir: Path) -> HFDescriber:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WDYS_DEVICE", "cpu")
-        loaded = load_describer("hf:" + str(model_dir), max_new_tokens=MAX_NEW_TOKENS)
-    assert isinstance(loaded, HFDescriber)
-    return loaded
+    return load_on_cpu(model_dir, MAX_NEW_TOKENS)
 
 
 def _key(answers: list[Answer]) -> list[tuple[object, ...]]:

@@ -256,3 +256,24 @@ def build(arch: str, path: Path) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def load_on_cpu(model_dir: Path, max_new_tokens: int):
+    """A saved tiny model loaded through the product's own registry, on the CPU in float32 (so that
+    batched and one-by-one answers match exactly even where a GPU exists)."""
+    import os
+
+    from backends.hf_describer import HFDescriber
+    from backends.registry import load_describer
+
+    previous = os.environ.get("WDYS_DEVICE")
+    os.environ["WDYS_DEVICE"] = "cpu"
+    try:
+        loaded = load_describer("hf:" + str(model_dir), max_new_tokens=max_new_tokens)
+    finally:
+        if previous is None:
+            os.environ.pop("WDYS_DEVICE")
+        else:
+            os.environ["WDYS_DEVICE"] = previous
+    assert isinstance(loaded, HFDescriber)
+    return loaded
