@@ -103,6 +103,11 @@ def load_describer(model_id: str, max_new_tokens: int = 77) -> Describer:
         return _load_describer(model_id, max_new_tokens)
 
 
+def computes_locally(model_id: str) -> bool:
+    """Whether a describer runs on this machine's device; an `openai:` one only sends requests."""
+    return split_model_id(model_id)[0] != "openai"
+
+
 def default_class_samples(model_id: str) -> int:
     """Sampled class descriptions per class and prompt: the paper's 50 per class for a describer
     that reads its prompts; the offline stand-in keeps 3 (its samples only name ever more distant

@@ -24,10 +24,10 @@ from prefect_dask import DaskTaskRunner
 
 from storage.errors import UserError
 from storage.io import filesystem
+from tasks.cache import MODEL_TAG
 
 GPU_RESOURCE_ENV = "WDYS_DASK_GPU_RESOURCE"
 GPU_AMOUNT_ENV = "WDYS_DASK_GPU_AMOUNT"
-MODEL_TAG = "gpu"  # the tag every model task carries
 MARKER_DIR = ".wdys-reach"
 
 

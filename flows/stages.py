@@ -15,6 +15,7 @@ from prefect.futures import PrefectFuture
 
 from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
 from storage.keys import AnswerSource, run_keys
+from tasks.answers import for_describer
 from tasks.class_weights import class_weights_task, describe_classes
 from tasks.classify import classify_shard
 from tasks.describe import describe_shard, predict_shard
@@ -57,11 +58,15 @@ def answer(
             shard = plan.shard(s)
             if source is not None:
                 answers.setdefault((source, "description"), []).append(
-                    describe_shard.submit(run.root, shard, source, wait_for=[manifest])
+                    for_describer(describe_shard, source.describer).submit(
+                        run.root, shard, source, wait_for=[manifest]
+                    )
                 )
             if source is not None and source.shortlist is None:
                 answers.setdefault((source, "prediction"), []).append(
-                    predict_shard.submit(run.root, shard, source, wait_for=[manifest])
+                    for_describer(predict_shard, source.describer).submit(
+                        run.root, shard, source, wait_for=[manifest]
+                    )
                 )
             for encoder in encoders if i == 0 else ():
                 images[encoder].append(
@@ -78,7 +83,11 @@ def describe_classes_of(
     if not set(weightings) & set(NEEDS_DESCRIPTIONS):
         return {}
     dataset, names = plan.selection.dataset, plan.class_names
-    return {s: run.add([describe_classes.submit(run.root, dataset, names, s)])[0] for s in sources if s}
+    return {
+        s: run.add([for_describer(describe_classes, s.describer).submit(run.root, dataset, names, s)])[0]
+        for s in sources
+        if s
+    }
 
 
 def class_weights(
@@ -139,7 +148,9 @@ def embed_answers(
         ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
         guesses = run.add(
             [
-                predict_shard.submit(run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking])
+                for_describer(predict_shard, source.describer).submit(
+                    run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking]
+                )
                 for s in range(len(images))
             ]
         )

@@ -22,10 +22,11 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from backends.base import Answer, DescriberUnavailable
+from backends.registry import computes_locally
 from storage.errors import UserError
 from storage.io import exists, read_table, remove, write_table
 from storage.paths import pending_path
-from tasks.cache import ShardResult, publish
+from tasks.cache import MODEL_TAG, ShardResult, publish
 
 # A task retry after the client's own retries: together they span a server outage of a minute or two.
 ANSWER_RETRY_DELAYS_S = [10, 30, 60]
@@ -48,11 +49,26 @@ def describer_task(name: str) -> Callable:
     return task(
         cache_policy=NO_CACHE,
         name=name,
-        tags=["gpu"],
+        tags=[MODEL_TAG],
         retries=len(ANSWER_RETRY_DELAYS_S),
         retry_delay_seconds=ANSWER_RETRY_DELAYS_S,
         retry_condition_fn=retry_unless_unavailable,
     )
+
+
+_untagged: dict[Task, Task] = {}
+
+
+def for_describer(describer_task: Task, describer: str) -> Task:
+    """The task as it runs for this describer. A served describer computes nothing here, so its
+    tasks drop the model tag: on a cluster they take no GPU, and Prefect acquires no tag-concurrency
+    lease per task (measured: all four task threads stalled up to 1.8 s on that lease between shards,
+    leaving the server idle; docs/BENCHMARKS.md)."""
+    if computes_locally(describer):
+        return describer_task
+    if describer_task not in _untagged:
+        _untagged[describer_task] = describer_task.with_options(tags=[])
+    return _untagged[describer_task]
 
 
 def require_an_answer(describer: str, answers: Sequence[Answer]) -> None:

@@ -60,6 +60,7 @@ def computed_by() -> dict[bytes, bytes]:
     return where
 
 
+MODEL_TAG = "gpu"  # the tag of every task that computes on a device (on Dask it asks for a GPU)
 GPU_LIMIT_ENV = "WDYS_GPU_LIMIT"
 GPU_SLOTS_ENV = "WDYS_GPU_SLOTS"
 _limits_made: set[str] = set()

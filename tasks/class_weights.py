@@ -29,7 +29,7 @@ from tasks.answers import (
     describer_task,
     require_an_answer,
 )
-from tasks.cache import ShardResult, cached_shard, exclusive
+from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
 
 
 @describer_task("describe-classes")
@@ -160,4 +160,4 @@ def ensure_class_weights(
 
 
 # The same function as a task of its own; `sum` calls the plain function for its three parts.
-class_weights_task = task(cache_policy=NO_CACHE, name="class-weights", tags=["gpu"])(ensure_class_weights)
+class_weights_task = task(cache_policy=NO_CACHE, name="class-weights", tags=[MODEL_TAG])(ensure_class_weights)

@@ -13,7 +13,7 @@ from storage.addresses import answers_shard, image_embeddings_shard, manifest_sh
 from storage.io import read_table
 from storage.keys import AnswerSource
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from tasks.cache import ShardResult, cached_shard, exclusive
+from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
 from tasks.plan import Shard
 
 
@@ -26,7 +26,7 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([not p for p in present]))
 
 
-@task(cache_policy=NO_CACHE, name="embed-images", tags=["gpu"])
+@task(cache_policy=NO_CACHE, name="embed-images", tags=[MODEL_TAG])
 def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     sel = shard.selection
     path = image_embeddings_shard(root, sel, encoder_id, shard.index)
@@ -55,7 +55,7 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     return cached_shard(path, compute)
 
 
-@task(cache_policy=NO_CACHE, name="embed-texts", tags=["gpu"])
+@task(cache_policy=NO_CACHE, name="embed-texts", tags=[MODEL_TAG])
 def embed_texts_shard(
     root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: str
 ) -> ShardResult:

@@ -25,6 +25,10 @@ from flows.benchmark import benchmark
 from flows.cluster import PlacedDaskTaskRunner
 from storage.errors import UserError
 from storage.io import filesystem
+from tasks.answers import for_describer
+from tasks.cache import MODEL_TAG
+from tasks.class_weights import describe_classes
+from tasks.describe import describe_shard, predict_shard
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +146,15 @@ def test_a_root_the_workers_cannot_see_fails_before_any_task(cluster, prefect_se
     fs = fsspec.filesystem("memory")
     assert not fs.exists("/wdys-not-shared/run/manifest")
     assert fs.glob("/wdys-not-shared/run/.wdys-reach/*") == []  # the marker is removed again
+
+
+@pytest.mark.parametrize("describer_task", [describe_shard, predict_shard, describe_classes])
+def test_a_served_describer_asks_no_gpu_and_keeps_its_retries(describer_task) -> None:
+    """An `openai:` describer only sends requests: its tasks drop the model tag (no GPU resource on
+    Dask, no tag-concurrency lease per task); a local describer's keep it."""
+    served = for_describer(describer_task, "openai:some-vlm")
+    assert MODEL_TAG in describer_task.tags and MODEL_TAG not in served.tags
+    assert served.retries == describer_task.retries and served.retry_condition_fn is not None
+    assert for_describer(describer_task, "offline:conse-lite0") is describer_task
+    assert for_describer(describer_task, "hf:org/vlm") is describer_task
+    assert for_describer(describer_task, "openai:other-vlm") is served  # one variant per task
