@@ -10,7 +10,9 @@ It adapts as a congestion window does (additive increase, fast decrease): an ove
 503) sets the limit to one below the attempts in flight when it was refused (what the server took),
 so a burst of refusals brings it down to the server's capacity within one round, and pauses new
 attempts for the answer's Retry-After; each success adds 1/limit, so the limit grows by one per
-round back to its ceiling and probes for capacity with one refused attempt per round at most.
+round back to its ceiling and probes for capacity with one refused attempt per round at most. A
+timeout halves it: a server that queues what it cannot run (Ollama above OLLAMA_NUM_PARALLEL) answers
+no 429, only ever later.
 A multiplicative cut (TCP's halving) was measured against a server refusing above 16 in flight: it
 kept the limit between 12 and 17, 74% of the server's rate (docs/BENCHMARKS.md).
 """
@@ -18,9 +20,13 @@ kept the limit between 12 and 17, 74% of the server's rate (docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import email.utils
+import heapq
+import itertools
+import sys
 import threading
 import time
-from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx2
@@ -46,13 +52,35 @@ def retry_after_s(headers: httpx2.Headers) -> float | None:
     return None
 
 
+# Where a thread's requests queue for the budget: (batch, item), set by `queued_as`.
+_place = threading.local()
+_batches = itertools.count()
+UNPLACED = (sys.maxsize, 0)  # requests sent outside any batch queue after every batch, in arrival order
+
+
+def next_batch() -> int:
+    """A batch number: a batch's requests are admitted before those of any batch numbered later."""
+    return next(_batches)
+
+
+@contextmanager
+def queued_as(batch: int, item: int) -> Iterator[None]:
+    """Requests sent from this thread meanwhile take place `(batch, item)` in the budget's queue."""
+    _place.value = (batch, item)
+    try:
+        yield
+    finally:
+        del _place.value
+
+
 class InflightBudget:
     """How many requests may be on the wire to one endpoint at once, adapted to its answers.
 
-    Waiting attempts are admitted first come, first served (a retry goes first): the shard that asked
-    first finishes first, so shards end one after another and the next shard's task starts while the
-    others keep the server busy (admitted in random order, all shards ended together and the server
-    idled while their tasks started again)."""
+    Waiting attempts are admitted in the order of their place (`queued_as`: a shard's batch, then its
+    items in order), a retry first: the shard that asked first finishes first, so shards end one
+    after another and the next shard's task starts while the others keep the server busy. Admitted
+    by arrival instead, the requests of shards started together interleaved, those shards ended
+    together, and the server idled while their tasks started again (docs/BENCHMARKS.md)."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = max(1, ceiling)
@@ -61,7 +89,8 @@ class InflightBudget:
         self.max_in_flight = 0
         self.cuts = 0
         self._paused_until = 0.0
-        self._waiting: deque[threading.Event] = deque()
+        self._waiting: list[tuple[tuple[int, tuple[int, int], int], threading.Event]] = []  # a heap
+        self._arrivals = itertools.count()
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -73,10 +102,12 @@ class InflightBudget:
             self._admit()
 
     def acquire(self, first: bool = False) -> None:
-        """Wait for a slot (and for any Retry-After pause to end); `first` jumps the queue."""
+        """Wait for a slot (and for any Retry-After pause to end) in the order of this thread's
+        place (`queued_as`); `first` jumps the queue."""
         admitted = threading.Event()
+        place = getattr(_place, "value", UNPLACED)
         with self._lock:
-            self._waiting.appendleft(admitted) if first else self._waiting.append(admitted)
+            heapq.heappush(self._waiting, ((0 if first else 1, place, next(self._arrivals)), admitted))
             self._admit()
         admitted.wait()
 
@@ -93,18 +124,21 @@ class InflightBudget:
         while self._waiting and self.in_flight < int(self.limit):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self._waiting.popleft().set()
+            heapq.heappop(self._waiting)[1].set()
 
     def _pause_over(self) -> None:
         with self._lock:
             self._timer = None
             self._admit()
 
-    def release(self, status: int | None, retry_after: float | None = None) -> bool:
+    def release(self, status: int | None, retry_after: float | None = None, timed_out: bool = False) -> bool:
         """Free the slot of an attempt that ended with `status` (None: no response at all). True
         when it was refused for overload while others were in flight: fewer at once may help, so it
         is worth sending again as soon as a slot frees (refused alone, only waiting helps)."""
         with self._lock:
+            if timed_out:
+                self.cuts += 1
+                self.limit = max(1.0, min(self.limit, float(self.in_flight)) / 2)
             crowded = status in OVERLOAD_STATUSES and self.in_flight > 1
             if status in OVERLOAD_STATUSES:
                 taken = min(self.limit, float(self.in_flight))  # this attempt included
@@ -136,12 +170,15 @@ class BudgetedHttpClient(openai.DefaultHttpxClient):
         retry = request.headers.get("x-stainless-retry-count", "0") != "0"  # the client's own retry
         for resend in range(OVERLOAD_RESENDS + 1):
             self.budget.acquire(first=retry or resend > 0)
-            status, wait, again = None, None, False
+            status, wait, again, timed_out = None, None, False, False
             try:
                 response = super().send(request, **kwargs)
                 status, wait = response.status_code, retry_after_s(response.headers)
+            except httpx2.TimeoutException:
+                timed_out = True
+                raise
             finally:
-                again = self.budget.release(status, wait)
+                again = self.budget.release(status, wait, timed_out)
             if not again or resend == OVERLOAD_RESENDS:
                 return response
             response.close()

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import pytest
 
-from backends.inflight import InflightBudget, budget_for, retry_after_s
+from backends.inflight import InflightBudget, budget_for, next_batch, queued_as, retry_after_s
 from backends.openai_describer import OpenAIDescriber
 from tasks.cache import exclusive
 from tests.fake_chat_server import FakeChatServer, images, serving
@@ -185,3 +185,48 @@ def test_waiting_attempts_are_admitted_in_order_retries_first() -> None:
     for t in threads:
         t.join(timeout=2)
     assert order == ["retry", "a", "b", "c"]
+
+
+def test_a_shard_that_asked_first_is_admitted_first_whatever_the_arrival_order() -> None:
+    """Requests of shards started together interleave on arrival; admitted by place (batch, item),
+    the earlier shard's go out first, so shards finish one after another."""
+    budget = InflightBudget(1)
+    budget.acquire()
+    order: list[tuple[int, int]] = []
+    early, late = next_batch(), next_batch()
+
+    def wait(place: tuple[int, int]) -> None:
+        with queued_as(*place):
+            budget.acquire()
+        order.append(place)
+
+    arrivals = [(late, 0), (early, 1), (late, 1), (early, 0)]
+    threads = [threading.Thread(target=wait, args=(place,)) for place in arrivals]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # queued in arrival order
+    for _ in arrivals:
+        budget.release(200)
+        time.sleep(0.05)
+    for t in threads:
+        t.join(timeout=2)
+    assert order == [(early, 0), (early, 1), (late, 0), (late, 1)]
+
+
+def test_a_timeout_halves_the_budget(server: FakeChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that queues rather than refuses (Ollama above its parallel limit) only ever answers
+    late: the requests that timed out shrink the budget, and come back as retryable answers."""
+    monkeypatch.setenv("WDYS_OPENAI_CONCURRENCY", "8")
+    monkeypatch.setenv("WDYS_OPENAI_TIMEOUT_S", "0.3")
+    monkeypatch.setenv("WDYS_OPENAI_MAX_RETRIES", "0")
+    server.delay_s = 1.0
+    describer = OpenAIDescriber.load(f"m-{uuid.uuid4().hex[:6]}", 30)
+    budget = budget_for(str(describer.settings()["endpoint"]), describer.model, 8)
+
+    answers = describer.describe(sized(8), "Describe")
+
+    assert all(a.text is None and a.retryable for a in answers)
+    assert budget.limit < 8 and budget.cuts >= 1
+    budget.acquire()
+    budget.release(200)
+    assert budget.limit > 1  # an answer grows it back
