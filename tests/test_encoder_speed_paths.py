@@ -115,3 +115,25 @@ def test_suffixes_combine_and_validate(vit_b32: str) -> None:
 def test_offline_ids_are_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WDYS_CLIP_PRECISION", "amp-bf16")
     assert encoder_identity("offline:conse-lite0-minilm") == "offline:conse-lite0-minilm"
+
+
+def test_the_text_tower_runs_on_the_prompts_positions_only(vit_b32: str) -> None:
+    """A causal text tower's end-of-text features ignore the padding after them: a batch of short
+    prompts runs on their positions only and gives the whole context's embeddings; a batch with a
+    prompt that fills the context runs whole; a tower pooled elsewhere always runs whole."""
+    encoder = OpenClipEncoder.load(vit_b32, batch_size=4)
+    prompts = [f"a photo of a {c}" for c in CLASSES[:4]] + ["a " * 75, "x"]
+    widths: list[int] = []
+    hook = encoder.model.transformer.register_forward_pre_hook(
+        lambda _, args: widths.append(args[0].shape[1])
+    )
+    got = encoder.encode_texts(prompts).vectors
+    with torch.inference_mode():
+        whole = encoder.model.encode_text(encoder.tokenizer(prompts)).numpy()
+    np.testing.assert_allclose(got, whole, rtol=1e-4, atol=1e-5)
+    assert widths[0] == 7 and widths[-1] == 77  # <start> a photo of a cat <end>; 75 x "a" + 2
+    widths.clear()
+    encoder.model.text_pool_type = "last"
+    encoder.encode_texts(prompts[:4])
+    hook.remove()
+    assert widths == [77]
