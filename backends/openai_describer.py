@@ -255,10 +255,9 @@ class OpenAIDescriber:
                 before = self._responses_here()
                 return fn(item), self._responses_here() - before
 
+        # One thread per item; the budget decides how many are on the wire.
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            done = list(
-                pool.map(counted, range(len(items)), items)
-            )  # the budget decides how many are on the wire
+            done = list(pool.map(counted, range(len(items)), items))
         answers = [answer for answer, _ in done]
         self._thread.passes = self.passes_in_this_thread() + sum(n for _, n in done)
         if len(answers) > 1 and not self._succeeded and all(a.error and not a.retryable for a in answers):
