@@ -59,16 +59,16 @@ def describer_task(name: str) -> Callable:
 _untagged: dict[Task, Task] = {}
 
 
-def for_describer(describer_task: Task, describer: str) -> Task:
+def for_describer(shard_task: Task, describer: str) -> Task:
     """The task as it runs for this describer. A served describer computes nothing here, so its
     tasks drop the model tag: on a cluster they take no GPU, and Prefect acquires no tag-concurrency
     lease per task (measured: all four task threads stalled up to 1.8 s on that lease between shards,
     leaving the server idle; docs/BENCHMARKS.md)."""
     if computes_locally(describer):
-        return describer_task
-    if describer_task not in _untagged:
-        _untagged[describer_task] = describer_task.with_options(tags=[])
-    return _untagged[describer_task]
+        return shard_task
+    if shard_task not in _untagged:
+        _untagged[shard_task] = shard_task.with_options(tags=[])
+    return _untagged[shard_task]
 
 
 def require_an_answer(describer: str, answers: Sequence[Answer]) -> None:
