@@ -12,9 +12,9 @@ image processors take `device`). At most WDYS_HF_RESIDENT VLMs (default 1) stay 
 (`backends.hf_resident`): loading another releases the least recently loaded, which loads again if
 asked again.
 
-A model that does not load, or whose every item fails, raises `DescriberUnavailable`, now and for
-every later call; a batch that fails is retried item by item, and an item that still fails alone
-is that item's error (retryable when it ran out of memory).
+A model that does not load, or a CUDA or driver error that is not out-of-memory, raises
+`DescriberUnavailable`, now and for every later call; a batch that fails is retried item by item,
+and an item that still fails alone is that item's error (retryable when it ran out of memory).
 """
 
 from __future__ import annotations
@@ -64,6 +64,21 @@ def _one_line(exc: BaseException) -> str:
 
 def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+# Words of a CUDA (or ROCm) runtime or driver error: after one (a device-side assert, a lost
+# device, a launch failure) the device's context is broken for every later item too.
+DEVICE_FAULTS = ("CUDA error", "CUDA driver", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "HIP error")
+
+
+def _device_fault(exc: BaseException) -> bool:
+    """A device or driver failure that is not out-of-memory: the describer's, never an item's."""
+    if _out_of_memory(exc):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return any(words in str(exc) for words in DEVICE_FAULTS)
 
 
 def _load_error(spec: str, exc: BaseException) -> DescriberUnavailable:
@@ -200,11 +215,11 @@ class HFDescriber:
         inputs: Callable[[list[int]], BatchFeature],
         extra: Callable[[list[int]], dict[str, object]],
     ) -> list[Answer]:
-        """Batches of rows through `generate()`; a failed batch is retried row by row. When every
-        row failed, the model cannot answer at all: DescriberUnavailable."""
+        """Batches of rows through `generate()`; a failed batch is retried row by row. Whether rows
+        that all failed say the model cannot answer at all is the shard's judgement
+        (`tasks.answers.require_an_answer`): a retry of a few pending rows must not end the run."""
         self._raise_if_unavailable()
         answers: list[Answer] = []
-        failures: list[BaseException] = []
         while not answers and n:
             self._ensure_loaded()
             with self._lock:
@@ -213,14 +228,8 @@ class HFDescriber:
                 start = 0
                 while start < n:
                     rows = list(range(start, min(n, start + self._batch_size)))
-                    answers.extend(self._run_rows(rows, inputs, extra, failures))
+                    answers.extend(self._run_rows(rows, inputs, extra))
                     start += len(rows)
-        if n and len(failures) == n:
-            self._unavailable = DescriberUnavailable(
-                f"hf describer {self._spec!r}: every one of {n} items failed, e.g. {_one_line(failures[0])}; "
-                "check the model id or dir, free GPU memory or lower WDYS_HF_BATCH_SIZE"
-            )
-            raise self._unavailable
         return answers
 
     def _run_rows(
@@ -228,11 +237,16 @@ class HFDescriber:
         rows: list[int],
         inputs: Callable[[list[int]], BatchFeature],
         extra: Callable[[list[int]], dict[str, object]],
-        failures: list[BaseException],
     ) -> list[Answer]:
         try:
             return self._generate(inputs(rows), **extra(rows))
         except Exception as exc:
+            if _device_fault(exc):
+                self._unavailable = DescriberUnavailable(
+                    f"hf describer {self._spec!r} on {self.device}: a device error that is not out of memory "
+                    f"({_one_line(exc)}); check the GPU and its driver (nvidia-smi), then rerun"
+                )
+                raise self._unavailable from exc
             oom = _out_of_memory(exc)
             if oom and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -241,11 +255,10 @@ class HFDescriber:
                 answers: list[Answer] = []
                 while len(answers) < len(rows):  # at the current size: a part may halve it again
                     part = rows[len(answers) : len(answers) + self._batch_size]
-                    answers += self._run_rows(part, inputs, extra, failures)
+                    answers += self._run_rows(part, inputs, extra)
                 return answers
             if len(rows) > 1:
-                return [a for row in rows for a in self._run_rows([row], inputs, extra, failures)]
-            failures.append(exc)
+                return [a for row in rows for a in self._run_rows([row], inputs, extra)]
             return [Answer(None, error=_one_line(exc), retryable=_out_of_memory(exc))]
 
     def _halve_batch(self, failed: int) -> None:

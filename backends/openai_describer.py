@@ -17,10 +17,11 @@ Settings come from the environment (read again by every `settings_for` and `load
   `{"reasoning_effort": "low"}` or a Gemini thinking budget. It is part of the cache key.
 
 Answers stopped by the token limit are kept and flagged `truncated`; an empty one (a thinking model
-that spent the whole limit thinking) is an error. A failure of the describer as a whole (401, 403,
-404, an unreachable server, every request of a fresh describer refused) raises
-`DescriberUnavailable` now and for every later call of this describer; transient failures left after
-the client's retries are `retryable` answers.
+that spent the whole limit thinking) is an error. A failure of the describer as a whole (401, 402,
+403, 404, a spent quota or budget whatever its status, an unreachable server) raises
+`DescriberUnavailable` now and for every later call of this describer, wherever in a shard it
+starts; transient failures left after the client's retries are `retryable` answers. Whether many
+failing items say the same (every request of a shard refused) is the shard task's judgement.
 
 Requests draw on one adaptive in-flight budget per endpoint and model (`backends.inflight`), shared
 by every describer and task of the process, so shards of one run overlap
@@ -158,6 +159,16 @@ def _rejects(exc: openai.APIStatusError, param: str) -> bool:
     return named and refused
 
 
+# Error codes and types of a spent quota, credit or budget (OpenAI, LiteLLM, OpenRouter, ...), sent
+# with 429, 402, 400 or 403 depending on the server: never an answer, whatever the status.
+QUOTA_WORDS = ("insufficient_quota", "quota_exceeded", "budget_exceeded", "insufficient_credits", "billing")
+
+
+def _out_of_quota(exc: openai.APIStatusError) -> bool:
+    named = f"{getattr(exc, 'code', '')} {getattr(exc, 'type', '')} {_server_message(exc)}".lower()
+    return any(word in named for word in QUOTA_WORDS)
+
+
 def _server_message(exc: openai.APIStatusError) -> str:
     """The server's own words ('error.message' where it follows OpenAI's shape), short."""
     body = exc.body
@@ -196,7 +207,6 @@ class OpenAIDescriber:
         self._extra_body: dict[str, Any] = dict(self._settings["extra_body"])  # type: ignore[call-overload]
         self._lock = threading.Lock()
         self._reached = False  # the server has answered something: a later connection error is transient
-        self._succeeded = False  # some request got an answer
         self._unavailable: DescriberUnavailable | None = None
 
     @classmethod
@@ -258,15 +268,10 @@ class OpenAIDescriber:
         # One thread per item; the budget decides how many are on the wire.
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
             done = list(pool.map(counted, range(len(items)), items))
-        answers = [answer for answer, _ in done]
         self._thread.passes = self.passes_in_this_thread() + sum(n for _, n in done)
-        if len(answers) > 1 and not self._succeeded and all(a.error and not a.retryable for a in answers):
-            # A fresh describer whose every request is refused is misconfigured, not unlucky.
-            raise self._fail(
-                f"all {len(answers)} requests failed and none has ever succeeded; first: {answers[0].error}",
-                "check the model id, that it takes images, max_new_tokens and WDYS_OPENAI_EXTRA_BODY",
-            )
-        return answers
+        # Whether failing items say the describer cannot answer at all is the shard's judgement
+        # (`tasks.answers.require_an_answer`): only it knows whether they are a few items asked again.
+        return [answer for answer, _ in done]
 
     def _request(
         self, messages: list[dict[str, Any]], temperature: float, seed: int | None
@@ -324,7 +329,6 @@ class OpenAIDescriber:
         with self._lock:
             self.forward_passes += 1
             self._reached = True
-            self._succeeded = self._succeeded or bool(text)
         usage = response.usage
         error = None
         if finish == "content_filter":
@@ -359,8 +363,10 @@ class OpenAIDescriber:
                 raise self._fail(f"permission denied ({status}: {reason})", "check OPENAI_API_KEY's access")
             if isinstance(exc, openai.NotFoundError):
                 raise self._fail(f"not found ({status}: {reason})", "check the model id and OPENAI_BASE_URL")
-            if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
-                raise self._fail(f"quota exhausted ({status}: {reason})", "check the plan and billing")
+            if status == 402 or _out_of_quota(exc):
+                raise self._fail(
+                    f"quota or credit exhausted ({status}: {reason})", "check the plan and billing"
+                )
             with self._lock:
                 self._reached = True
             retryable = status in (408, 409, 429) or status >= 500

@@ -4,13 +4,18 @@ A describer's answer to one item (an image, or one class-description sample) is 
 answer or a failure that asking again would not change (an unreadable image, a refusal). A transient
 failure (rate limit, overload, timeout) that outlived the client's own retries is not: the final
 answers of the shard wait in a hidden pending file, the task fails with `AnswersPending`, and its
-retry (or the next run) asks the missing items again, and only them. A failure of the describer as a
-whole (`DescriberUnavailable`: a refused key, an unknown model) fails the task at once and is never
-retried; nothing of it is written.
+retry (or the next run) asks the missing items again, and only them, up to `MAX_ANSWER_ATTEMPTS`
+times each; then the item is stored as an error with its reason, so no run stays stuck on it. A
+failure of the describer as a whole (`DescriberUnavailable`: a refused key, a spent quota, an unknown
+model, or one error from some point of a shard on) fails the task at once and is never retried;
+nothing of that try is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 
@@ -30,6 +35,16 @@ from tasks.cache import MODEL_TAG, ShardResult, publish
 
 # A task retry after the client's own retries: together they span a server outage of a minute or two.
 ANSWER_RETRY_DELAYS_S = [10, 30, 60]
+# How often an item may fail transiently (each time after the client's own retries) before it is
+# stored as an error with its reason: two runs' worth of task tries, so a run cannot stay stuck on
+# an item a server never answers, and an outage of a few minutes never becomes an error.
+MAX_ANSWER_ATTEMPTS = 2 * (len(ANSWER_RETRY_DELAYS_S) + 1)
+# This many final failures with one error ending a shard's requests are the describer's failure
+# (an account or endpoint failing from some point on), not the items'.
+SYSTEMIC_TAIL = 8
+ATTEMPTS = b"wdys.attempts"  # the pending file's metadata: [[item key, times asked], ...]
+
+Settle = Callable[[list[int], list[Answer]], list[Answer]]
 
 
 class AnswersPending(UserError):
@@ -71,16 +86,63 @@ def for_describer(shard_task: Task, describer: str) -> Task:
     return _untagged[shard_task]
 
 
-def require_an_answer(describer: str, answers: Sequence[Answer]) -> None:
-    """A shard whose every request failed for good says nothing about the images and everything
-    about the describer: fail the run rather than store errors that look like results."""
+def require_an_answer(describer: str, answers: Sequence[Answer], answered_before: bool = False) -> None:
+    """Fail the run, storing nothing, on what says nothing about the images and everything about
+    the describer: every request of a fresh shard failed for good, or the last `SYSTEMIC_TAIL` or
+    more requests failed with one same error (an account or endpoint failing from some point on:
+    a spent budget, an unloaded model). A few items that fail for good when asked again, with
+    answers already in hand for the shard (`answered_before`), are their own errors."""
     failed = [a.error for a in answers if a.text is None and a.final]
-    if answers and len(failed) == len(answers):
+    if answers and len(failed) == len(answers) and not answered_before:
         error, count = Counter(failed).most_common(1)[0]
         raise DescriberUnavailable(
             f"{describer}: all {len(answers)} requests of a shard failed ({count} with: {error}); "
             "check the model id and that the model takes images, and the server's log"
         )
+    tail = _failing_tail(answers)
+    if len(tail) >= SYSTEMIC_TAIL:
+        raise DescriberUnavailable(
+            f"{describer}: the last {len(tail)} requests of a shard all failed with: {tail[0].error}; "
+            "a failure of the account or the endpoint, not of the images: check the server's log "
+            "and the account, then rerun (nothing of the shard was stored)"
+        )
+
+
+def _failing_tail(answers: Sequence[Answer]) -> list[Answer]:
+    """The final failures that end `answers`, all with the same error (numbers and ids aside)."""
+    tail: list[Answer] = []
+    for answer in reversed(answers):
+        if answer.text is not None or not answer.final:
+            break
+        if tail and _error_kind(answer.error) != _error_kind(tail[0].error):
+            break
+        tail.append(answer)
+    return tail
+
+
+def _error_kind(error: str | None) -> str:
+    return re.sub(r"[0-9a-f]{8,}|\d+", "#", error or "")
+
+
+def _read_pending(pending: str, key_columns: Sequence[str]) -> tuple[pa.Table | None, dict[Hashable, int]]:
+    """The final answers kept from earlier tries, and how often each still missing item was asked."""
+    if not exists(pending):
+        return None, {}
+    table = read_table(pending)
+    counts = json.loads((table.schema.metadata or {}).get(ATTEMPTS, b"[]"))
+    attempts = {_key(k, key_columns): n for k, n in counts}
+    return table.replace_schema_metadata(None), attempts
+
+
+def _key(value: object, key_columns: Sequence[str]) -> Hashable:
+    """A key as `keys` holds it: a value, or a tuple of values for several key columns."""
+    return tuple(value) if len(key_columns) > 1 else value  # type: ignore[arg-type]
+
+
+def _exhausted(answer: Answer, attempts: int) -> Answer:
+    """A transient failure asked `attempts` times: stored as the item's error, with its reason."""
+    reason = f"{answer.error} (still failing after {attempts} attempts; not asked again)"
+    return dataclasses.replace(answer, error=reason, retryable=False)
 
 
 def _ordered(table: pa.Table, key_columns: Sequence[str], keys: Sequence[Hashable]) -> pa.Table:
@@ -92,36 +154,55 @@ def _ordered(table: pa.Table, key_columns: Sequence[str], keys: Sequence[Hashabl
 
 def answer_shard(
     path: str,
+    describer: str,
     key_columns: Sequence[str],
     keys: Sequence[Hashable],
-    ask: Callable[[list[int]], tuple[list[Answer], int]],
+    ask: Callable[[list[int], Settle], tuple[list[Answer], int]],
     rows: Callable[[list[int], list[Answer]], pa.Table],
 ) -> ShardResult:
     """The shard at `path` of answers to the items `keys` (values of `key_columns`, in row order).
 
-    `ask(positions)` answers the items at those positions (raising `DescriberUnavailable` when the
-    describer cannot answer at all) and returns the forward passes it spent; `rows(positions,
-    answers)` makes their table rows. Items already answered in an earlier try are not asked again."""
+    `ask(positions, settle)` answers the items at those positions and returns the forward passes it
+    spent; it hands what the describer answered to `settle(positions, answers)`, which fails the
+    run on a failure of the describer as a whole (`require_an_answer`) and turns an item's
+    `MAX_ANSWER_ATTEMPTS`-th transient failure into its error. Failures that are not the
+    describer's (an image that does not decode) are the caller's own errors, never settled.
+    `rows(positions, answers)` makes their table rows. Items already answered in an earlier try are
+    not asked again; the items still missing, and how often each was asked, wait in the pending
+    file."""
     if exists(path):
         return ShardResult(path, computed=False)
     pending = pending_path(path)
-    earlier = read_table(pending) if exists(pending) else None
-    answered = set()
+    earlier, attempts = _read_pending(pending, key_columns)
+    answered: set[Hashable] = set()
     if earlier is not None:
-        answered = set(zip(*(earlier.column(c).to_pylist() for c in key_columns), strict=True))
-        answered = {k if len(key_columns) > 1 else k[0] for k in answered}
+        columns = [earlier.column(c).to_pylist() for c in key_columns]
+        answered = {k if len(key_columns) > 1 else k[0] for k in zip(*columns, strict=True)}
+    answered_before = earlier is not None and earlier.column("text").null_count < earlier.num_rows
+
+    def settle(positions: list[int], answers: list[Answer]) -> list[Answer]:
+        answers = list(answers)
+        for j, (i, answer) in enumerate(zip(positions, answers, strict=True)):
+            if not answer.final:
+                attempts[keys[i]] = attempts.get(keys[i], 0) + 1
+                if attempts[keys[i]] >= MAX_ANSWER_ATTEMPTS:
+                    answers[j] = _exhausted(answer, attempts[keys[i]])
+        require_an_answer(describer, answers, answered_before)
+        return answers
+
     todo = [i for i, k in enumerate(keys) if k not in answered]
-    answers, passes = ask(todo)
+    answers, passes = ask(todo, settle)
     final = [(i, a) for i, a in zip(todo, answers, strict=True) if a.final]
     fresh = rows([i for i, _ in final], [a for _, a in final])
     table = _ordered(pa.concat_tables([t for t in (earlier, fresh) if t is not None]), key_columns, keys)
-    missing = [a for a in answers if not a.final]
+    missing = [(i, a) for i, a in zip(todo, answers, strict=True) if not a.final]
     if missing:
-        if table.num_rows:
-            write_table(pending, table)
+        counts = [[keys[i], attempts[keys[i]]] for i, _ in missing]
+        write_table(pending, table.replace_schema_metadata({ATTEMPTS: json.dumps(counts).encode()}))
         raise AnswersPending(
             f"{len(missing)} of {len(keys)} answers failed after the client's retries "
-            f"(e.g. {missing[0].error}); they alone are asked again on the task's retry or the next run"
+            f"(e.g. {missing[0][1].error}); they alone are asked again on the task's retry or the next "
+            f"run, each at most {MAX_ANSWER_ATTEMPTS} times before it is stored as an error"
         )
     publish(path, table)
     remove(pending)

@@ -24,11 +24,7 @@ from storage.addresses import class_descriptions_shard, class_weights_shard
 from storage.io import read_table
 from storage.keys import AnswerSource
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
-from tasks.answers import (
-    answer_shard,
-    describer_task,
-    require_an_answer,
-)
+from tasks.answers import Settle, answer_shard, describer_task
 from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
 
 
@@ -46,7 +42,7 @@ def describe_classes(
     ]
     prompts = [class_description_prompts(name) for name in class_names]
 
-    def ask(todo: list[int]) -> tuple[list[Answer], int]:
+    def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
         asked = [items[i] for i in todo]
         describer = load_describer(source.describer, source.max_new_tokens)
         with exclusive(describer) as passes:
@@ -56,8 +52,7 @@ def describe_classes(
                 [class_names[c] for c, *_ in asked],
             )
             spent = passes()
-        require_an_answer(source.describer, answers)
-        return answers, spent
+        return settle(todo, answers), spent
 
     def rows(positions: list[int], answers: list[Answer]) -> pa.Table:
         table = [
@@ -78,7 +73,7 @@ def describe_classes(
         return pa.Table.from_pylist(table, schema=CLASS_DESCRIPTIONS.schema())
 
     path = class_descriptions_shard(root, dataset, source)
-    return answer_shard(path, ["class_index", "prompt_index", "sample"], items, ask, rows)
+    return answer_shard(path, source.describer, ["class_index", "prompt_index", "sample"], items, ask, rows)
 
 
 def _class_texts(

@@ -20,11 +20,7 @@ from storage.addresses import answers_shard, class_weights_shard, image_embeddin
 from storage.io import exists, read_table
 from storage.keys import AnswerSource
 from storage.schemas import DESCRIPTIONS
-from tasks.answers import (
-    answer_shard,
-    describer_task,
-    require_an_answer,
-)
+from tasks.answers import Settle, answer_shard, describer_task
 from tasks.cache import ShardResult, exclusive
 from tasks.class_weights import read_class_weights
 from tasks.classify import embeddings_or_nan
@@ -65,7 +61,7 @@ def answer_images(
     manifest = read_table(manifest_shard(root, shard.selection, shard.index))
     ids = manifest.column("image_id").to_pylist()
 
-    def ask(todo: list[int]) -> tuple[list[Answer], int]:
+    def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
         images, errors = decode_manifest(manifest.take(todo))
         ok = [j for j, im in enumerate(images) if im is not None]
         answers = [Answer(None, error=e) for e in errors]
@@ -75,7 +71,7 @@ def answer_images(
         with exclusive(describer) as passes:
             got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
             spent = passes()
-        require_an_answer(source.describer, got)
+        got = settle([todo[j] for j in ok], got)
         for j, answer in zip(ok, got, strict=True):
             answers[j] = answer
         return answers, spent
@@ -84,7 +80,7 @@ def answer_images(
         listed = [classes[i] for i in positions] if classes is not None else None
         return answers_table([ids[i] for i in positions], answers, listed)
 
-    return answer_shard(path, ["image_id"], ids, ask, rows)
+    return answer_shard(path, source.describer, ["image_id"], ids, ask, rows)
 
 
 @describer_task("describe")

@@ -1,4 +1,4 @@
-"""How HFDescriber fails: loading problems and a model that cannot answer raise DescriberUnavailable
+"""How HFDescriber fails: loading problems and a device fault raise DescriberUnavailable
 (one line, what to check), for that call and every later one; a batch that fails is retried item
 by item and only the items that fail alone are errors. Plus what `hf:` ids resolve to: pinned
 revisions, the HF cache's `main`, and content hashes of local dirs."""
@@ -43,8 +43,14 @@ def _unavailable(call: object) -> str:
     return str(info.value)
 
 
-def _fail_when(describer: HFDescriber, monkeypatch: pytest.MonkeyPatch, broken: object) -> list[int]:
-    """Makes generate() raise when `broken(batch rows)` says so; returns the batch sizes it saw."""
+OOM = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def _fail_when(
+    describer: HFDescriber, monkeypatch: pytest.MonkeyPatch, broken: object, error: Exception = OOM
+) -> list[int]:
+    """Makes generate() raise `error` when `broken(batch rows)` says so (a mock: no GPU here to run
+    out of memory or fault); returns the batch sizes it saw."""
     real = describer._model.generate
     seen: list[int] = []
 
@@ -52,7 +58,7 @@ def _fail_when(describer: HFDescriber, monkeypatch: pytest.MonkeyPatch, broken: 
         rows = kwargs["input_ids"].shape[0]
         seen.append(rows)
         if broken(kwargs):  # type: ignore[operator]
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error
         return real(**kwargs)
 
     monkeypatch.setattr(describer._model, "generate", generate)
@@ -80,18 +86,34 @@ def test_item_failing_alone_is_its_error(model_dir: Path, monkeypatch: pytest.Mo
     assert bad.text is None and bad.retryable and "out of memory" in bad.error
 
 
-def test_model_that_cannot_generate_is_unavailable(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_device_error_is_unavailable(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA error that is not out-of-memory breaks the device for every item: the describer's
+    failure, never an item's answer."""
     describer = HFDescriber.load(str(model_dir), max_new_tokens=4)
-    seen = _fail_when(describer, monkeypatch, lambda kw: True)
+    fault = RuntimeError("CUDA error: an illegal memory access was encountered")
+    seen = _fail_when(describer, monkeypatch, lambda kw: kw["input_ids"].shape[0] == 1, fault)
 
-    message = _unavailable(lambda: describer.describe(_images(20, 30), PROMPT))
+    message = _unavailable(lambda: describer.describe(_images(20), PROMPT))
 
-    assert "every one of 2 items failed" in message and "out of memory" in message
-    assert "WDYS_HF_BATCH_SIZE" in message and str(model_dir) in message
+    assert "illegal memory access" in message and "not out of memory" in message
+    assert "nvidia-smi" in message and str(model_dir) in message
     calls = len(seen)
     assert _unavailable(lambda: describer.describe_classes(["Describe a cat"], [0], ["cat"])) == message
     assert _unavailable(lambda: describer.predict(_images(20), [PROMPT], [["a"]])) == message
     assert len(seen) == calls  # later calls fail without running the model
+
+
+def test_items_that_run_out_of_memory_alone_stay_retryable(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows asked again that run out of memory once more are their own retryable answers: the
+    describer never ends the run on them (a retry of a few pending items)."""
+    describer = HFDescriber.load(str(model_dir), max_new_tokens=4)
+    _fail_when(describer, monkeypatch, lambda kw: True)
+
+    answers = describer.describe(_images(20, 30), PROMPT)
+
+    assert all(a.text is None and a.retryable and "out of memory" in a.error for a in answers)
 
 
 def test_batch_size_setting(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,11 +68,21 @@ def test_systemic_status_fails_the_describer_at_once(
     assert len(server.requests) == sent
 
 
-def test_quota_exhausted_is_systemic(server: FakeChatServer) -> None:
-    server.status = 429
-    server.message = "insufficient_quota: You exceeded your current quota"
-    message = _unavailable(lambda: load().describe(images((20, 20)), "Describe."))
-    assert "429" in message and "quota" in message
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (429, "insufficient_quota: You exceeded your current quota"),
+        (402, "payment_required: Insufficient credits"),
+        (400, "budget_exceeded: Budget has been exceeded! Current cost: 12.1, Max budget: 12.0"),
+    ],
+)
+def test_quota_exhausted_is_systemic_whatever_the_status(
+    server: FakeChatServer, status: int, message: str
+) -> None:
+    server.status = status
+    server.message = message
+    text = _unavailable(lambda: load().describe(images((20, 20)), "Describe."))
+    assert str(status) in text and "quota or credit exhausted" in text and "billing" in text
 
 
 def test_connection_refused_before_any_answer_is_systemic(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,11 +156,14 @@ def test_bad_request_for_one_item_is_its_error(server: FakeChatServer) -> None:
     assert all(a.error and not a.retryable for a in answers)
 
 
-def test_fresh_describer_whose_every_request_fails_is_unavailable(server: FakeChatServer) -> None:
+def test_every_request_failing_is_left_to_the_shard(server: FakeChatServer) -> None:
+    """A fresh describer whose every request fails returns the items' errors: whether they are the
+    describer's failure is the shard's judgement (tasks.answers), which knows whether they are a
+    whole shard or a few items asked again."""
     describer = load(max_new_tokens=5)
-    message = _unavailable(lambda: describer.describe(images((20, 20), (21, 21)), THINKING))
-    assert "none has ever succeeded" in message and "token limit (5 tokens)" in message
-    assert "max_new_tokens" in message and "WDYS_OPENAI_EXTRA_BODY" in message
+    answers = describer.describe(images((20, 20), (21, 21)), THINKING)
+    assert all(a.text is None and not a.retryable for a in answers)
+    assert "token limit (5 tokens)" in answers[0].error and "WDYS_OPENAI_EXTRA_BODY" in answers[0].error
 
 
 def test_server_rejecting_max_tokens_gets_max_completion_tokens(server: FakeChatServer) -> None:

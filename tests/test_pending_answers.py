@@ -1,0 +1,105 @@
+"""How a shard of answers settles its failures, with the real OpenAI-compatible describer against
+the local server (tests/fake_chat_server.py) and real Parquet files: a retry of a few pending items
+that then fail for good stores them as errors (the run does not stay stuck on them), an item that
+fails transiently on every try ends as an error row after `MAX_ANSWER_ATTEMPTS`, and one error that
+ends a shard's requests from some point on fails the shard and stores nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fake_chat_server import BAD_ITEM, FAIL_SIZE, FakeChatServer, images, load, serving
+
+from backends.base import Answer, DescriberUnavailable
+from storage.paths import pending_path
+from tasks.answers import MAX_ANSWER_ATTEMPTS, SYSTEMIC_TAIL, AnswersPending, Settle, answer_shard
+from tasks.describe import answers_table
+
+GOOD = (20, 20)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeChatServer]:
+    with serving(monkeypatch) as srv:
+        yield srv
+
+
+def shard(path: Path, sizes: list[tuple[int, int]], prompts: list[str]) -> object:
+    """The shard of answers of one image per size, asked with the prompt of its position, by a
+    fresh describer (as a new run would load it)."""
+    ids = [f"img{i}" for i in range(len(sizes))]
+    describer = load()
+
+    def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
+        answers = describer.predict(
+            images(*[sizes[i] for i in todo]), [prompts[i] for i in todo], [["a"]] * len(todo)
+        )
+        return settle(todo, answers), 0
+
+    def rows(positions: list[int], answers: list[Answer]):
+        return answers_table([ids[i] for i in positions], answers, None)
+
+    return answer_shard(str(path), "openai:test", ["image_id"], ids, ask, rows)
+
+
+def sent(server: FakeChatServer, size: tuple[int, int]) -> int:
+    return sum(r["size"] == size for r in server.requests)
+
+
+def test_a_retry_of_pending_items_that_fail_for_good_stores_their_errors(
+    server: FakeChatServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "shard-00000.parquet"
+    sizes = [GOOD, (21, 21), FAIL_SIZE, FAIL_SIZE]
+    with pytest.raises(AnswersPending):  # the server fails the last two with 500 on every retry
+        shard(path, sizes, ["Which?"] * 4)
+    assert not path.exists() and Path(pending_path(str(path))).exists()
+
+    # The next run: the two pending items are now refused for good (400, their own).
+    result = shard(path, sizes, ["Which?", "Which?", BAD_ITEM, BAD_ITEM])
+
+    table = pq.read_table(path).to_pylist()
+    assert result.computed and [r["image_id"] for r in table] == ["img0", "img1", "img2", "img3"]
+    assert [r["text"] is not None for r in table] == [True, True, False, False]
+    assert all("image too large" in r["error"] for r in table[2:])
+    assert sent(server, GOOD) == 1  # the answered items were not asked again
+    assert not Path(pending_path(str(path))).exists()
+
+
+def test_an_item_failing_transiently_every_time_ends_as_an_error_row(
+    server: FakeChatServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "shard-00000.parquet"
+    sizes, prompts = [GOOD, FAIL_SIZE], ["Which?"] * 2
+    for attempt in range(1, MAX_ANSWER_ATTEMPTS):
+        with pytest.raises(AnswersPending) as info:
+            shard(path, sizes, prompts)
+        assert not path.exists(), attempt
+    assert f"at most {MAX_ANSWER_ATTEMPTS} times" in str(info.value)
+
+    result = shard(path, sizes, prompts)
+
+    good, bad = pq.read_table(path).to_pylist()
+    assert result.computed and good["text"] and bad["text"] is None
+    assert "500" in bad["error"] and f"still failing after {MAX_ANSWER_ATTEMPTS} attempts" in bad["error"]
+    assert sent(server, GOOD) == 1
+    assert sent(server, FAIL_SIZE) == MAX_ANSWER_ATTEMPTS * 3  # each try: the client's 1 + 2 retries
+    assert not Path(pending_path(str(path))).exists()
+
+
+def test_one_error_ending_a_shard_fails_it_and_stores_nothing(server: FakeChatServer, tmp_path: Path) -> None:
+    """An endpoint that refuses every request from some point on (a budget a proxy enforces with
+    400) is not the images' failure; the same few refusals at a shard's end are."""
+    path = tmp_path / "shard-00000.parquet"
+    sizes = [GOOD] * (4 + SYSTEMIC_TAIL)
+    with pytest.raises(DescriberUnavailable) as info:
+        shard(path, sizes, ["Which?"] * 4 + [BAD_ITEM] * SYSTEMIC_TAIL)
+    assert f"the last {SYSTEMIC_TAIL} requests" in str(info.value) and "image too large" in str(info.value)
+    assert not path.exists() and not Path(pending_path(str(path))).exists()
+
+    few = SYSTEMIC_TAIL - 1
+    shard(path, sizes[: 4 + few], ["Which?"] * 4 + [BAD_ITEM] * few)
+    assert pq.read_table(path).column("error").null_count == 4
