@@ -34,6 +34,11 @@ MAX_RETRIES = 2
 FIRST_429, FIRST_500, FIRST_503, FIRST_TIMEOUT, FIRST_DROP, FIRST_TRUNCATED = 40, 41, 42, 43, 44, 45
 ALWAYS_EMPTY, ALWAYS_503, LENGTH_CAPPED, ALWAYS_400 = 46, 47, 48, 49
 GOOD_KEY = "sk-sentinel-faults"
+QUOTA_ERROR = {
+    "message": "You exceeded your current quota, please check your plan and billing details.",
+    "type": "insufficient_quota",
+    "code": "insufficient_quota",
+}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,6 +55,7 @@ class FaultServer(ThreadingHTTPServer):
         self.outage: tuple[float, float] | None = None  # monotonic window in which every request gets 503
         self.outage_after: int | None = None  # or: the window opens after this many answers
         self.outage_s = 0.0
+        self.quota: int | None = None  # the key's credit: 402 insufficient_quota once this many are answered
 
 
 class FaultHandler(BaseHTTPRequestHandler):
@@ -94,6 +100,8 @@ class FaultHandler(BaseHTTPRequestHandler):
             )
         if down:
             return self.send(503, {"error": {"message": "overloaded"}}, fast)
+        if srv.quota is not None and sum(srv.answered.values()) >= srv.quota:
+            return self.send(402, {"error": QUOTA_ERROR})
         if width == ALWAYS_400:
             return self.send(400, {"error": {"message": "this image was refused by the content filter"}})
         if width == FIRST_429 and first:
@@ -276,3 +284,44 @@ def test_a_30s_outage_mid_run_is_survived_without_asking_twice(
     assert all(r["excluded"] == 0 for r in result["metrics"])
     assert max(fault_server.answered.values()) == 1  # nothing that succeeded was asked twice
     assert len(fault_server.answered) == 16 * 2  # every image's description and guess
+
+
+def stored_answers(root: Path) -> list[dict]:
+    """Every answer row of every published shard, read from the files themselves."""
+    shards = sorted(root.glob("descriptions/**/shard-*.parquet"))
+    return [row for shard in shards for row in pq.read_table(shard).to_pylist()]
+
+
+def test_quota_running_out_mid_shard_stores_nothing_of_that_shard(prefect_server, fault_server, tmp_path):
+    """The key's credit runs out after 12 answers (402 insufficient_quota for every later request):
+    the run fails with the reason, no published shard holds a quota error and the half-done shards
+    are not published; the rerun, with credit again, asks every unanswered item and stores no error."""
+    from backends import registry
+
+    fault_server.quota = 12
+    dataset = parquet_dataset(tmp_path / "data", list(range(60, 76)))
+    root = tmp_path / "root"
+    run = dict(
+        datasets=[dataset], splits=["test"], describers=["openai:quota"], class_weights=["name"],
+        root=str(root), shard_size=8,
+    )  # fmt: skip
+
+    with pytest.raises(Exception, match=r"402") as info:
+        benchmark(**run)
+
+    assert "quota" in str(info.value) and "billing" in str(info.value) and GOOD_KEY not in str(info.value)
+    first = stored_answers(root)
+    assert all(r["error"] is None and r["text"] for r in first)
+    assert len(first) < 2 * 16  # the shards the quota cut short were not published
+    assert not any(pq.read_table(f).column("error").null_count < pq.read_table(f).num_rows
+                   for f in root.rglob(".*.pending.parquet"))  # fmt: skip
+    answered_before = sum(fault_server.answered.values())
+
+    fault_server.quota = None  # credit again, same key, same endpoint
+    registry._load_describer.cache_clear()  # a rerun is a new process: no describer loaded yet
+    result = benchmark(**run)
+
+    stored = stored_answers(root)
+    assert len(stored) == 2 * 16 and all(r["error"] is None and r["text"] for r in stored)
+    assert sum(fault_server.answered.values()) - answered_before == 2 * 16 - len(first)
+    assert all(r["excluded"] == 0 for r in result["metrics"]) and error_rows(root) == 0
