@@ -16,24 +16,32 @@ import duckdb
 import fsspec
 
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
-from storage.paths import catalog_path, is_local, table_glob
+from storage.paths import PENDING_ITEMS, catalog_path, is_local, pending_glob, table_glob
 from storage.reference import published_sql
 from storage.schemas import RUN_KEYS, TABLES
 
 # One row per (run keys, components): accuracy over the images that had a query, per-class recall
-# averaged over classes, and the gain in points over the image-only row of the same keys.
+# averaged over classes, and the gain in points over the image-only row of the same keys. `partial`
+# counts the images of `n` whose query lacks one of its components (a failed description or
+# prediction, an image that did not embed): the single-component rows of the same image say which.
 METRICS_SQL = f"""
 create or replace view metrics as
-with scored as (
+with missing as (
+    select *, coalesce(list(components) filter (where top5 is null and components not like '%+%')
+                       over (partition by {", ".join(RUN_KEYS)}, image_id), []) as missing
+    from predictions
+), scored as (
     select {", ".join(RUN_KEYS)}, components, label,
            top5 is null as excluded,
+           top5 is not null and list_has_any(string_split(components, '+'), missing) as partial,
            coalesce(top5[1] = label, false) as hit1,
            coalesce(list_contains(top5, label), false) as hit5
-    from predictions
+    from missing
 ), per_class as (
     select {", ".join(RUN_KEYS)}, components, label,
            count(*) filter (where not excluded) as n,
            count(*) filter (where excluded) as excluded,
+           count(*) filter (where partial) as partial,
            count(*) filter (where hit1) as correct1,
            count(*) filter (where hit5) as correct5
     from scored group by all
@@ -41,6 +49,7 @@ with scored as (
     select {", ".join(RUN_KEYS)}, components,
            sum(n)::bigint as n,
            sum(excluded)::bigint as excluded,
+           sum(partial)::bigint as partial,
            100.0 * sum(correct1) / nullif(sum(n), 0) as top1,
            100.0 * sum(correct5) / nullif(sum(n), 0) as top5,
            100.0 * avg(correct1 / nullif(n, 0)) as mean_per_class_recall
@@ -106,6 +115,36 @@ left join reasons r using (dataset, split, subset, image_id)
 where p.top5 is null
 group by all
 """
+
+
+ANSWER_TABLES = ("descriptions", "class_descriptions")  # the tables whose shards may wait as pending
+
+
+def create_pending_view(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """A temporary `pending` view on this connection: the items still waiting for an answer after
+    transient failures (tasks/answers.py), one row per item: its pending file (beside the shard it
+    will complete), its key, how often it was asked and its last error. Made on every connection
+    (`make query`) rather than in the catalog: it must show the store as it is now, after a run
+    that failed on them, and pending files disappear once their shard is published."""
+    globs = [pending_glob(root, name) for name in ANSWER_TABLES]
+    globs = [g for g in globs if con.execute("select file from glob(?) limit 1", [g]).fetchall()]
+    columns = "file, item ->> 0 as item, (item ->> 1)::int as attempts, item ->> 2 as last_error"
+    if not globs:
+        con.execute(
+            f"create or replace temp view pending as select {columns} from (select null::json as item, "
+            "null::varchar as file) where false"
+        )
+        return
+    files = ", ".join(f"'{g}'" for g in globs)
+    con.execute(f"""
+create or replace temp view pending as
+with items as (
+    select file_name as file, unnest(from_json(decode(value), '["json"]')) as item
+    from parquet_kv_metadata([{files}]) where decode(key) = '{PENDING_ITEMS}'
+)
+select {columns} from items order by file, item
+""")
+
 
 _lock = threading.Lock()
 

@@ -110,6 +110,11 @@ def shard_path(root: str, table: str | Table, keys: Mapping[str, object], shard:
     return f"{partition_dir(root, table, keys)}/shard-{shard:05d}.parquet"
 
 
+# The pending file's Parquet metadata key: its shard's items still missing, as a JSON list of
+# [item key, times asked, last error] (the `pending` view reads it).
+PENDING_ITEMS = "wdys.attempts"
+
+
 def pending_path(path: str) -> str:
     """Where the final answers of a shard that still has transiently failed items wait for those
     items: hidden (a leading '.'), so no table glob or view ever reads it as a result."""
@@ -118,9 +123,17 @@ def pending_path(path: str) -> str:
 
 
 def table_glob(root: str, table: str) -> str:
-    """Every shard of a table; temp files start with '.' so a glob never sees a half-written one."""
+    """Every shard of a table. Temp and pending files start with '.', which the glob excludes
+    explicitly: DuckDB's `*` matches a leading dot, so `*.parquet` would read a pending file's
+    answers, and a half-written shard, as results."""
     depth = len(TABLES[table].partition_keys) + 1
-    return "/".join([root, table, *(["*"] * depth), "*.parquet"])
+    return "/".join([root, table, *(["*"] * depth), "[!.]*.parquet"])
+
+
+def pending_glob(root: str, table: str) -> str:
+    """Every pending file of a table (`pending_path`)."""
+    depth = len(TABLES[table].partition_keys) + 1
+    return "/".join([root, table, *(["*"] * depth), ".*.pending.parquet"])
 
 
 def catalog_path(root: str) -> str:

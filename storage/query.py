@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from storage.catalog import connect, local_catalog_path
+import duckdb
+
+from storage.catalog import connect, create_pending_view, local_catalog_path
 from storage.errors import UserError
 from storage.paths import catalog_path, is_local, resolve_root
 
@@ -20,10 +22,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
     database = catalog_path(root) if is_local(root) else local_catalog_path(root)
-    if not os.path.exists(database):
-        raise UserError(f"no catalog at {database}: run the benchmark first (make run, or wdys run)")
-    with connect(root, database, read_only=True) as con:
-        con.sql(args.sql).show(max_rows=10_000, max_width=10_000)
+    made = os.path.exists(
+        database
+    )  # without a catalog yet (a first run that failed), `pending` still answers
+    with connect(root, database if made else ":memory:", read_only=made) as con:
+        create_pending_view(con, root)
+        try:
+            con.sql(args.sql).show(max_rows=10_000, max_width=10_000)
+        except duckdb.CatalogException:
+            if made:
+                raise
+            raise UserError(
+                f"no catalog at {database}: run the benchmark first (make run, or wdys run)"
+            ) from None
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from backends.base import Answer, DescriberUnavailable
 from backends.registry import computes_locally
 from storage.errors import UserError
 from storage.io import exists, read_table, remove, write_table
-from storage.paths import pending_path
+from storage.paths import PENDING_ITEMS, pending_path
 from tasks.cache import MODEL_TAG, ShardResult, publish
 
 # A task retry after the client's own retries: together they span a server outage of a minute or two.
@@ -42,7 +42,6 @@ MAX_ANSWER_ATTEMPTS = 2 * (len(ANSWER_RETRY_DELAYS_S) + 1)
 # This many final failures with one error ending a shard's requests are the describer's failure
 # (an account or endpoint failing from some point on), not the items'.
 SYSTEMIC_TAIL = 8
-ATTEMPTS = b"wdys.attempts"  # the pending file's metadata: [[item key, times asked], ...]
 
 Settle = Callable[[list[int], list[Answer]], list[Answer]]
 
@@ -129,8 +128,8 @@ def _read_pending(pending: str, key_columns: Sequence[str]) -> tuple[pa.Table | 
     if not exists(pending):
         return None, {}
     table = read_table(pending)
-    counts = json.loads((table.schema.metadata or {}).get(ATTEMPTS, b"[]"))
-    attempts = {_key(k, key_columns): n for k, n in counts}
+    counts = json.loads((table.schema.metadata or {}).get(PENDING_ITEMS.encode(), b"[]"))
+    attempts = {_key(k, key_columns): n for k, n, *_ in counts}
     return table.replace_schema_metadata(None), attempts
 
 
@@ -197,8 +196,8 @@ def answer_shard(
     table = _ordered(pa.concat_tables([t for t in (earlier, fresh) if t is not None]), key_columns, keys)
     missing = [(i, a) for i, a in zip(todo, answers, strict=True) if not a.final]
     if missing:
-        counts = [[keys[i], attempts[keys[i]]] for i, _ in missing]
-        write_table(pending, table.replace_schema_metadata({ATTEMPTS: json.dumps(counts).encode()}))
+        items = [[keys[i], attempts[keys[i]], a.error] for i, a in missing]
+        write_table(pending, table.replace_schema_metadata({PENDING_ITEMS: json.dumps(items)}))
         raise AnswersPending(
             f"{len(missing)} of {len(keys)} answers failed after the client's retries "
             f"(e.g. {missing[0][1].error}); they alone are asked again on the task's retry or the next "

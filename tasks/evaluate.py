@@ -13,7 +13,8 @@ from storage.catalog import connect, refresh_catalog
 from storage.reference import TOLERANCE_POINTS
 
 SHOWN = ("dataset", "split", "encoder", "describer", "class_weights", "components")
-FIGURES = ("n", "excluded", "top1", "top5", "mean_per_class_recall", "gain_top1")
+FIGURES = ("n", "excluded", "partial", "top1", "top5", "mean_per_class_recall", "gain_top1")
+COUNTS = ("n", "excluded", "partial")
 PUBLISHED_KEYS = ("dataset", "split", "subset", "encoder", "class_weights", "components")
 
 
@@ -63,7 +64,7 @@ def format_table(rows: list[dict]) -> str:
     header = [*SHOWN, *FIGURES]
     body = [
         [str(r[k]) for k in SHOWN]
-        + [str(r[k]) if k in ("n", "excluded") else ("" if r[k] is None else f"{r[k]:.2f}") for k in FIGURES]
+        + [str(r[k]) if k in COUNTS else ("" if r[k] is None else f"{r[k]:.2f}") for k in FIGURES]
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]

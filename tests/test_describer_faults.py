@@ -212,10 +212,12 @@ def test_an_image_whose_answers_failed_is_classified_from_what_exists(prefect_se
         datasets=[dataset], splits=["test"], describers=["openai:fault-e2e"],
         class_weights=["name"], root=str(root), class_samples=1,
     )  # fmt: skip
-    excluded = {r["components"]: (r["n"], r["excluded"]) for r in result["metrics"]}
-    for components, (n, out) in excluded.items():
-        # the failed image keeps its image component; without it, it has nothing and is excluded
+    excluded = {r["components"]: (r["n"], r["excluded"], r["partial"]) for r in result["metrics"]}
+    for components, (n, out, partial) in excluded.items():
+        # the failed image keeps its image component; without it, it has nothing and is excluded;
+        # with it and an answer component, its query is partial (counted in n and in partial)
         assert (n, out) == ((6, 0) if "image" in components else (5, 1)), components
+        assert partial == ("image" in components and components != "image"), components
     with duckdb.connect(str(root / "wdys.duckdb"), read_only=True) as con:
         failed = con.sql("select image_id, kind, error from descriptions where error is not null").fetchall()
     assert {(i, k) for i, k, _ in failed} == {("test/0000003", "description"), ("test/0000003", "prediction")}

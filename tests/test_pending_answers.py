@@ -2,19 +2,24 @@
 the local server (tests/fake_chat_server.py) and real Parquet files: a retry of a few pending items
 that then fail for good stores them as errors (the run does not stay stuck on them), an item that
 fails transiently on every try ends as an error row after `MAX_ANSWER_ATTEMPTS`, and one error that
-ends a shard's requests from some point on fails the shard and stores nothing."""
+ends a shard's requests from some point on fails the shard and stores nothing. Items waiting are
+listed by the `pending` view and never read as results."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from fake_chat_server import BAD_ITEM, FAIL_SIZE, FakeChatServer, images, load, serving
 
 from backends.base import Answer, DescriberUnavailable
-from storage.paths import pending_path
+from storage import query
+from storage.catalog import create_views
+from storage.paths import pending_path, shard_path
+from storage.schemas import DESCRIPTIONS
 from tasks.answers import MAX_ANSWER_ATTEMPTS, SYSTEMIC_TAIL, AnswersPending, Settle, answer_shard
 from tasks.describe import answers_table
 
@@ -103,3 +108,28 @@ def test_one_error_ending_a_shard_fails_it_and_stores_nothing(server: FakeChatSe
     few = SYSTEMIC_TAIL - 1
     shard(path, sizes[: 4 + few], ["Which?"] * 4 + [BAD_ITEM] * few)
     assert pq.read_table(path).column("error").null_count == 4
+
+
+def test_pending_items_are_listed_and_never_read_as_results(
+    server: FakeChatServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(tmp_path / "root")
+    keys = {"dataset": "toy", "split": "test", "subset": "all-shard2", "describer": "openai_test"}
+    keys |= {"kind": "prediction", "prompts": "p", "gen": "g", "shortlist": "none"}
+    path = shard_path(root, DESCRIPTIONS, keys, 0)
+    with pytest.raises(AnswersPending):
+        shard(Path(path), [GOOD, FAIL_SIZE], ["Which?"] * 2)
+
+    with duckdb.connect() as con:
+        assert "descriptions" not in create_views(con, root)  # img0's answer waits; it is no result yet
+    query.main(["--root", root, "select item, attempts, last_error from pending"])  # no catalog yet
+    out = capsys.readouterr().out
+    assert "img1" in out and "img0" not in out and "500" in out
+
+    for _ in range(MAX_ANSWER_ATTEMPTS - 1):  # every try asked again, until it is stored as an error
+        try:
+            shard(Path(path), [GOOD, FAIL_SIZE], ["Which?"] * 2)
+        except AnswersPending:
+            continue
+    query.main(["--root", root, "select count(*) as waiting from pending"])
+    assert "│       0 │" in capsys.readouterr().out

@@ -222,6 +222,18 @@ def test_per_class_and_confusion_match_direct_counts(toy):
             assert counts.get((k, None), 0) == int(((labels == k) & ~valid).sum())
 
 
+def test_metrics_count_partial_queries(toy):
+    """An image without its description still has an `image+description` query (its image alone):
+    counted in `n` and in `partial`; where it has no component at all it is `excluded` instead."""
+    _, _, con, _ = toy
+    rows = {r["components"]: r for r in run_rows(con, "metrics", [{**RUN, "class_weights": "templates"}])}
+    for components, r in rows.items():
+        lacking = "description" in components and components != "description"
+        assert r["partial"] == (len(EXCLUDED) if lacking else 0), components
+        assert r["excluded"] == (len(EXCLUDED) if components == "description" else 0), components
+        assert r["n"] + r["excluded"] == N
+
+
 def test_benchmarks_and_describer_cost(toy):
     _, _, con, _ = toy
     rows = con.sql("select dataset, split, subset, images, classes, registered from benchmarks").fetchall()
@@ -262,6 +274,7 @@ def test_report_files_hold_the_table_numbers(toy, tmp_path):
         assert pvalue(g["mcnemar_p"]) in text
     assert "](gains-templates.png)" in md and 'src="gains-templates.png"' in html  # relative links
     assert "| toy | test | all-shard200 | 400 | 5 |" in md
+    assert "| toy (test) | 400 | 10 | 10 |" in md  # excluded, partial: the images without a description
     assert "n/a" in md  # the prediction answers have no token counts
 
 
@@ -298,7 +311,7 @@ def test_report_survives_a_variant_with_no_query_and_says_so(tmp_path):
     (description,) = [m for m in data.metrics if m["components"] == "description"]
     assert description["top1"] is None and description["excluded"] == 4
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| toy (test) | 4 | 4 | 100.00 | n/a | 50.00 (-50.00) |" in md
+    assert "| toy (test) | 4 | 4 | 0 | 100.00 | n/a | 50.00 (-50.00) |" in md
     assert "(an extension beyond the paper)" not in md  # `descriptions` is one of the paper's
 
 

@@ -102,8 +102,9 @@ def group_heading(doc: Doc, keys: dict[str, str], main: str) -> None:
         f"Prompts `{keys['prompts']}`, generation `{keys['gen']}`, shortlist `{keys['shortlist']}`. "
         f"One table per class weighting, `{main}` first. The paper's weightings are "
         f"{', '.join(f'`{w}`' for w in PAPER_WEIGHTINGS)}; the others are extensions beyond the paper. "
-        f"`excluded`: images left out of a variant because none of its components was available "
-        f"(the most of any variant in the row)."
+        f"`excluded`: images left out of a variant because none of its components was available; "
+        f"`partial`: images scored without one of the variant's components (a failed description or "
+        f"prediction), from those they have (each the most of any variant in the row)."
     )
 
 
@@ -116,7 +117,7 @@ def weighting_section(doc: Doc, index: Index, group: tuple, weighting: str, pref
     doc.heading(f"Class weights `{weighting}`{weighting_note(weighting)}", 3)
     comparison = Comparison(keyed, variants)
     doc.table(
-        ["dataset", "images", "excluded", f"{BASELINE} (baseline)", *variants],
+        ["dataset", "images", "excluded", "partial", f"{BASELINE} (baseline)", *variants],
         comparison_rows(index, comparison),
     )
     doc.para(
@@ -149,8 +150,9 @@ def comparison_rows(index: Index, comparison: Comparison) -> list[list[str]]:
         label = f"{d[0]} ({d[1]})"
         base = index.metrics[(*k, BASELINE)]
         base_values.append(base["top1"])
-        excluded = max(index.metrics[(*k, v)]["excluded"] for v in COMPONENTS if (*k, v) in index.metrics)
-        row = [label, str(base["n"] + base["excluded"]), str(excluded), num(base["top1"])]
+        shown = [index.metrics[(*k, v)] for v in COMPONENTS if (*k, v) in index.metrics]
+        excluded, partial = (max(m[column] for m in shown) for column in ("excluded", "partial"))
+        row = [label, str(base["n"] + base["excluded"]), str(excluded), str(partial), num(base["top1"])]
         for v in comparison.variants:
             m, g = index.metrics.get((*k, v)), index.gains.get((*k, v))
             if m is None or g is None or m["top1"] is None or g["gain_top1"] is None:
@@ -311,8 +313,11 @@ def baseline_section(doc: Doc, data: ReportData) -> None:
 
 def metrics_section(doc: Doc, data: ReportData) -> None:
     doc.heading("All metrics")
-    doc.para("The `metrics` view's rows of this run (top-1, top-5 and mean per-class recall in percent).")
-    header = ["dataset", "split", "class weights", "components", "n", "excluded", "top-1", "top-5"]
+    doc.para(
+        "The `metrics` view's rows of this run (top-1, top-5 and mean per-class recall in percent; "
+        "`partial`: images of `n` scored without one of the row's components)."
+    )
+    header = ["dataset", "split", "class weights", "components", "n", "excluded", "partial", "top-1", "top-5"]
     rows = [
         [
             m["dataset"],
@@ -321,6 +326,7 @@ def metrics_section(doc: Doc, data: ReportData) -> None:
             m["components"],
             str(m["n"]),
             str(m["excluded"]),
+            str(m["partial"]),
             num(m["top1"]),
             num(m["top5"]),
             num(m["mean_per_class_recall"]),
