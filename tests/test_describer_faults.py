@@ -264,6 +264,15 @@ def test_a_refused_key_fails_at_once_and_is_never_cached(prefect_server, fault_s
     assert result["shards_computed"] > 0 and error_rows(root) == 0
 
 
+def sixteen_images(tmp_path: Path, describer: str, shard_size: int) -> dict:
+    """The benchmark's arguments for 16 images the server tells apart, stored under tmp_path/root."""
+    dataset = parquet_dataset(tmp_path / "data", list(range(60, 76)))
+    return dict(
+        datasets=[dataset], splits=["test"], describers=[describer], class_weights=["name"],
+        root=str(tmp_path / "root"), shard_size=shard_size,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_30s_outage_mid_run_is_survived_without_asking_twice(
     prefect_server, fault_server, tmp_path, monkeypatch
@@ -273,13 +282,9 @@ def test_a_30s_outage_mid_run_is_survived_without_asking_twice(
     finishes with no error rows, and no item that had been answered is asked again."""
     monkeypatch.setenv("WDYS_OPENAI_MAX_RETRIES", "1")
     fault_server.outage_after, fault_server.outage_s = 12, 30.0
-    dataset = parquet_dataset(tmp_path / "data", list(range(60, 76)))
     root = tmp_path / "root"
 
-    result = benchmark(
-        datasets=[dataset], splits=["test"], describers=["openai:outage"], class_weights=["name"],
-        root=str(root), shard_size=4,
-    )  # fmt: skip
+    result = benchmark(**sixteen_images(tmp_path, "openai:outage", shard_size=4))
 
     assert fault_server.outage is not None  # the outage did happen mid-run
     assert result["shards_computed"] > 0 and error_rows(root) == 0
@@ -301,12 +306,8 @@ def test_quota_running_out_mid_shard_stores_nothing_of_that_shard(prefect_server
     from backends import registry
 
     fault_server.quota = 12
-    dataset = parquet_dataset(tmp_path / "data", list(range(60, 76)))
     root = tmp_path / "root"
-    run = dict(
-        datasets=[dataset], splits=["test"], describers=["openai:quota"], class_weights=["name"],
-        root=str(root), shard_size=8,
-    )  # fmt: skip
+    run = sixteen_images(tmp_path, "openai:quota", shard_size=8)
 
     with pytest.raises(Exception, match=r"402") as info:
         benchmark(**run)
