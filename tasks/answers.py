@@ -103,7 +103,7 @@ def require_an_answer(describer: str, answers: Sequence[Answer], answered_before
         raise DescriberUnavailable(
             f"{describer}: the last {len(tail)} requests of a shard all failed with: {tail[0].error}; "
             "a failure of the account or the endpoint, not of the images: check the server's log "
-            "and the account, then rerun (nothing of the shard was stored)"
+            "and the account, then rerun (nothing of this try was stored)"
         )
 
 
