@@ -14,7 +14,8 @@ Tables: one per class weighting (and per encoder x describer, when a run has sev
 `templates` weighting first: CLIP's usual zero-shot baseline with its 80 prompt templates. The
 paper's weightings are `name`, `template` and `descriptions`; `templates` and `sum` are extensions
 beyond the paper and are labelled so wherever they appear. Rows are datasets and their average;
-columns the images, the most excluded by any variant, the image-only baseline's top-1 and each
+columns the images, the most excluded and the most partial (scored without one of their
+components) by any variant, the image-only baseline's top-1 and each
 variant's top-1 with its gain in points over the baseline on the same images.
 """
 
