@@ -85,12 +85,18 @@ def for_describer(shard_task: Task, describer: str) -> Task:
     return _untagged[shard_task]
 
 
+class FailingFromSomePointOn(DescriberUnavailable):
+    """One same error ended a shard's requests after answers: the answers before it are kept
+    aside (in the pending file, never as a result), and the rerun asks the failed items alone."""
+
+
 def require_an_answer(describer: str, answers: Sequence[Answer], answered_before: bool = False) -> None:
-    """Fail the run, storing nothing, on what says nothing about the images and everything about
-    the describer: every request of a fresh shard failed for good, or the last `SYSTEMIC_TAIL` or
-    more requests failed with one same error (an account or endpoint failing from some point on:
-    a spent budget, an unloaded model). A few items that fail for good when asked again, with
-    answers already in hand for the shard (`answered_before`), are their own errors."""
+    """Fail the run, storing no answer, on what says nothing about the images and everything about
+    the describer: every request of a shard with no answer yet failed for good, or the last
+    `SYSTEMIC_TAIL` or more requests, after answers, failed with one same error (an account or
+    endpoint failing from some point on: a spent budget, an unloaded model). Items asked again in a
+    shard that holds answers (`answered_before`) that fail for good are their own errors: a run
+    never stays stuck on them (a class or a run of images a content filter always blocks)."""
     failed = [a.error for a in answers if a.text is None and a.final]
     if answers and len(failed) == len(answers) and not answered_before:
         error, count = Counter(failed).most_common(1)[0]
@@ -99,11 +105,11 @@ def require_an_answer(describer: str, answers: Sequence[Answer], answered_before
             "check the model id and that the model takes images, and the server's log"
         )
     tail = _failing_tail(answers)
-    if len(tail) >= SYSTEMIC_TAIL:
-        raise DescriberUnavailable(
+    if len(tail) >= SYSTEMIC_TAIL and any(a.text is not None for a in answers[: len(answers) - len(tail)]):
+        raise FailingFromSomePointOn(
             f"{describer}: the last {len(tail)} requests of a shard all failed with: {tail[0].error}; "
             "a failure of the account or the endpoint, not of the images: check the server's log "
-            "and the account, then rerun (nothing of this try was stored)"
+            "and the account, then rerun (those items are asked again, none is stored as an answer)"
         )
 
 
@@ -123,14 +129,23 @@ def _error_kind(error: str | None) -> str:
     return re.sub(r"[0-9a-f]{8,}|\d+", "#", error or "")
 
 
-def _read_pending(pending: str, key_columns: Sequence[str]) -> tuple[pa.Table | None, dict[Hashable, int]]:
-    """The final answers kept from earlier tries, and how often each still missing item was asked."""
+def _read_pending(
+    pending: str, key_columns: Sequence[str]
+) -> tuple[pa.Table | None, dict[Hashable, tuple[int, str | None]]]:
+    """The final answers kept from earlier tries, and how often each still missing item was asked,
+    with its last error."""
     if not exists(pending):
         return None, {}
     table = read_table(pending)
-    counts = json.loads((table.schema.metadata or {}).get(PENDING_ITEMS.encode(), b"[]"))
-    attempts = {_key(k, key_columns): n for k, n, *_ in counts}
+    items = json.loads((table.schema.metadata or {}).get(PENDING_ITEMS.encode(), b"[]"))
+    attempts = {_key(k, key_columns): (n, error) for k, n, error in items}
     return table.replace_schema_metadata(None), attempts
+
+
+def _write_pending(pending: str, table: pa.Table, waiting: dict[Hashable, tuple[int, str | None]]) -> None:
+    """The final answers so far, and the items still missing: [[key, times asked, last error], ...]."""
+    items = json.dumps([[k, n, error] for k, (n, error) in waiting.items()])
+    write_table(pending, table.replace_schema_metadata({PENDING_ITEMS: items}))
 
 
 def _key(value: object, key_columns: Sequence[str]) -> Hashable:
@@ -179,25 +194,45 @@ def answer_shard(
         answered = {k if len(key_columns) > 1 else k[0] for k in zip(*columns, strict=True)}
     answered_before = earlier is not None and earlier.column("text").null_count < earlier.num_rows
 
+    held: list[tuple[int, Answer]] = []  # the answers of a try that failed from some point on
+
     def settle(positions: list[int], answers: list[Answer]) -> list[Answer]:
         answers = list(answers)
         for j, (i, answer) in enumerate(zip(positions, answers, strict=True)):
             if not answer.final:
-                attempts[keys[i]] = attempts.get(keys[i], 0) + 1
-                if attempts[keys[i]] >= MAX_ANSWER_ATTEMPTS:
-                    answers[j] = _exhausted(answer, attempts[keys[i]])
-        require_an_answer(describer, answers, answered_before)
+                asked = attempts.get(keys[i], (0, None))[0] + 1
+                attempts[keys[i]] = (asked, answer.error)
+                if asked >= MAX_ANSWER_ATTEMPTS:
+                    answers[j] = _exhausted(answer, asked)
+        try:
+            require_an_answer(describer, answers, answered_before)
+        except FailingFromSomePointOn:
+            for i, answer in zip(positions, answers, strict=True):
+                if answer.text is not None:
+                    held.append((i, answer))
+                elif answer.final:  # listed as waiting (the `pending` view), asked again next run
+                    attempts[keys[i]] = (attempts.get(keys[i], (0, None))[0] + 1, answer.error)
+            raise
         return answers
 
     todo = [i for i, k in enumerate(keys) if k not in answered]
-    answers, passes = ask(todo, settle)
+    try:
+        answers, passes = ask(todo, settle)
+    except FailingFromSomePointOn:
+        kept = [t for t in (earlier, rows([i for i, _ in held], [a for _, a in held])) if t is not None]
+        now = {keys[i] for i, _ in held}
+        _write_pending(
+            pending,
+            _ordered(pa.concat_tables(kept), key_columns, keys),
+            {k: v for k, v in attempts.items() if k not in now},
+        )
+        raise
     final = [(i, a) for i, a in zip(todo, answers, strict=True) if a.final]
     fresh = rows([i for i, _ in final], [a for _, a in final])
     table = _ordered(pa.concat_tables([t for t in (earlier, fresh) if t is not None]), key_columns, keys)
     missing = [(i, a) for i, a in zip(todo, answers, strict=True) if not a.final]
     if missing:
-        items = [[keys[i], attempts[keys[i]], a.error] for i, a in missing]
-        write_table(pending, table.replace_schema_metadata({PENDING_ITEMS: json.dumps(items)}))
+        _write_pending(pending, table, {keys[i]: attempts[keys[i]] for i, _ in missing})
         raise AnswersPending(
             f"{len(missing)} of {len(keys)} answers failed after the client's retries "
             f"(e.g. {missing[0][1].error}); they alone are asked again on the task's retry or the next "

@@ -95,19 +95,34 @@ def test_an_item_failing_transiently_every_time_ends_as_an_error_row(
     assert not Path(pending_path(str(path))).exists()
 
 
-def test_one_error_ending_a_shard_fails_it_and_stores_nothing(server: FakeChatServer, tmp_path: Path) -> None:
+def test_one_error_ending_a_shard_fails_it_and_stores_no_answer(
+    server: FakeChatServer, tmp_path: Path
+) -> None:
     """An endpoint that refuses every request from some point on (a budget a proxy enforces with
-    400) is not the images' failure; the same few refusals at a shard's end are."""
-    path = tmp_path / "shard-00000.parquet"
-    sizes = [GOOD] * (4 + SYSTEMIC_TAIL)
-    with pytest.raises(DescriberUnavailable) as info:
-        shard(path, sizes, ["Which?"] * 4 + [BAD_ITEM] * SYSTEMIC_TAIL)
-    assert f"the last {SYSTEMIC_TAIL} requests" in str(info.value) and "image too large" in str(info.value)
-    assert not path.exists() and not Path(pending_path(str(path))).exists()
+    400) is not the images' failure: the shard is not published, and the rerun asks the refused
+    items, and only them. Asked alone and refused again (a content filter that always blocks that
+    run of images), they are their own errors: the run does not stay stuck on them. The same few
+    refusals ending a shard are the items' errors at once."""
+    sizes, answered, refused = [GOOD] * (4 + SYSTEMIC_TAIL), ["Which?"] * 4, [BAD_ITEM] * SYSTEMIC_TAIL
+    for rerun, name in (("endpoint fixed", "a.parquet"), ("refused again", "b.parquet")):
+        path = tmp_path / name
+        before = len(server.requests)
+        with pytest.raises(DescriberUnavailable) as info:
+            shard(path, sizes, answered + refused)
+        message = str(info.value)
+        assert f"the last {SYSTEMIC_TAIL} requests" in message and "image too large" in message
+        assert not path.exists()
+
+        again = ["Which?"] * SYSTEMIC_TAIL if rerun == "endpoint fixed" else refused
+        shard(path, sizes, answered + again)
+
+        table = pq.read_table(path)
+        assert len(server.requests) - before == 4 + 2 * SYSTEMIC_TAIL  # the 4 answers not asked twice
+        assert table.column("error").null_count == (4 + SYSTEMIC_TAIL if rerun == "endpoint fixed" else 4)
 
     few = SYSTEMIC_TAIL - 1
-    shard(path, sizes[: 4 + few], ["Which?"] * 4 + [BAD_ITEM] * few)
-    assert pq.read_table(path).column("error").null_count == 4
+    shard(tmp_path / "c.parquet", sizes[: 4 + few], answered + [BAD_ITEM] * few)
+    assert pq.read_table(tmp_path / "c.parquet").column("error").null_count == 4
 
 
 def test_pending_items_are_listed_and_never_read_as_results(
