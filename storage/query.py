@@ -22,9 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
     database = catalog_path(root) if is_local(root) else local_catalog_path(root)
-    made = os.path.exists(
-        database
-    )  # without a catalog yet (a first run that failed), `pending` still answers
+    # Without a catalog yet (a first run that failed on pending items), `pending` still answers.
+    made = os.path.exists(database)
     with connect(root, database if made else ":memory:", read_only=made) as con:
         create_pending_view(con, root)
         try:
