@@ -22,6 +22,7 @@ class DatasetSource:
     num_rows: int
     read_rows: Callable[[Sequence[int]], pa.Table]  # rows -> a table with MANIFEST's columns
     note: str = ""  # how the data was read (layout, columns used): logged when a run plans it
+    expected_rows: int | None = None  # a registered benchmark's evaluation split: its known size
 
     def manifest(self, rows: Sequence[int]) -> pa.Table:
         table = self.read_rows(rows)

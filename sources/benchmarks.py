@@ -7,11 +7,13 @@ list comes from), whatever the data calls its classes. The data is read from the
 2. `$WDYS_DATA_DIR/<name>/`;
 3. the team's shared copy, `shared/datasets/<name>/` (see `shared_datasets_dir`);
 4. the copy shipped with the package, `sources/embedded/<name>/` (CIFAR-10's `dev` sample only);
-5. the benchmark's Parquet export on the Hugging Face hub, through fsspec (`$WDYS_<NAME>_HUB`
-   replaces the built-in location).
+5. the benchmark's public source (`Benchmark.hub`, `$WDYS_<NAME>_HUB` replaces it): CLIP_benchmark's
+   WebDataset copy or a Parquet export on the Hugging Face hub, through fsspec, or the official
+   archive through torchvision (Places365, `sources.archive`).
 
-A local copy is either Hugging Face Parquet (`<split>-*.parquet`, `data/<split>-*.parquet`, ...,
-read by `sources.parquet`) or an ImageFolder (`<split>/<class folder>/<image>`). Its classes are
+A local copy is Hugging Face Parquet (`<split>-*.parquet`, `data/<split>-*.parquet`, ..., read by
+`sources.parquet`), CLIP_benchmark's WebDataset (`<split>/*.tar`, `sources.wds`) or an ImageFolder
+(`<split>/<class folder>/<image>`). Its classes are
 matched to the benchmark's by name where every name is recognised (folder names such as ImageNet
 synset ids, Food-101's `apple_pie` or the mixed-case Oxford pet breeds); otherwise the data's label
 order (sorted folder names, for an ImageFolder) is taken to be the canonical order. A class count
@@ -32,10 +34,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
+from sources.wds import is_wds, open_wds
 from storage.errors import BadDataset, DatasetNotFound
+from storage.paths import split_dataset_spec
 
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
@@ -47,8 +52,9 @@ class Benchmark:
     name: str  # the registry name (CLIP_benchmark's)
     title: str
     split: str  # the evaluation split
-    hub: str | None  # fsspec location of a public Parquet export of the dataset, if one is known
-    hub_split: str  # the evaluation split's name in that export
+    hub: str | None  # where the data is read without a local copy: `<layout>:<fsspec URL>`, if known
+    hub_split: str  # the evaluation split's name in that source
+    size: int | None = None  # images in the evaluation split (docs/datasets.md says where from)
     split_aliases: tuple[str, ...] = ()  # other names the evaluation split has in local copies
     local_only_splits: tuple[str, ...] = ()  # splits that exist only in a local copy
 
@@ -72,30 +78,37 @@ class Benchmark:
         return None
 
 
+HF = "hf://datasets/"
+CLIP_BENCHMARK = HF + "clip-benchmark/wds_"  # CLIP_benchmark's WebDataset copies (`test` split)
 BENCHMARK_LIST: tuple[Benchmark, ...] = (
-    Benchmark("imagenet1k", "ImageNet-1k", "val", "hf://datasets/ILSVRC/imagenet-1k", "validation"),
-    Benchmark("places365", "Places365", "val", None, "validation"),
-    Benchmark("sun397", "SUN397", "test", "hf://datasets/tanganke/sun397", "test"),
-    Benchmark("food101", "Food-101", "test", "hf://datasets/ethz/food101", "validation"),
-    Benchmark("pets", "Oxford-IIIT Pets", "test", "hf://datasets/timm/oxford-iiit-pet", "test"),
-    Benchmark("dtd", "DTD", "test", "hf://datasets/tanganke/dtd", "test"),
+    Benchmark(
+        "imagenet1k",
+        "ImageNet-1k",
+        "val",
+        f"wds:{CLIP_BENCHMARK}imagenet1k",
+        "test",
+        50_000,
+        split_aliases=("validation",),  # Hugging Face's name for it (ILSVRC/imagenet-1k)
+    ),
+    Benchmark(
+        "places365", "Places365", "val", "torchvision:Places365", "val", 36_500, split_aliases=("validation",)
+    ),
+    Benchmark("sun397", "SUN397", "test", f"parquet:{HF}tanganke/sun397", "test", 19_850),
+    Benchmark("food101", "Food-101", "test", f"parquet:{HF}ethz/food101", "validation", 25_250),
+    Benchmark("pets", "Oxford-IIIT Pets", "test", f"parquet:{HF}timm/oxford-iiit-pet", "test", 3_669),
+    Benchmark("dtd", "DTD", "test", f"parquet:{HF}tanganke/dtd", "test", 1_880),
     Benchmark(
         "cifar10",
         "CIFAR-10",
         "test",
-        "hf://datasets/uoft-cs/cifar10/plain_text",
+        f"parquet:{HF}uoft-cs/cifar10/plain_text",
         "test",
+        10_000,
         local_only_splits=("dev",),
     ),
-    Benchmark("cifar100", "CIFAR-100", "test", "hf://datasets/uoft-cs/cifar100/cifar100", "test"),
-    Benchmark("cars", "Stanford Cars", "test", "hf://datasets/tanganke/stanford_cars", "test"),
-    Benchmark(
-        "caltech101",
-        "Caltech-101",
-        "test",
-        "hf://datasets/clip-benchmark/wds_vtab-caltech101@refs%2Fconvert%2Fparquet/default",
-        "test",
-    ),
+    Benchmark("cifar100", "CIFAR-100", "test", f"parquet:{HF}uoft-cs/cifar100/cifar100", "test", 10_000),
+    Benchmark("cars", "Stanford Cars", "test", f"parquet:{HF}tanganke/stanford_cars", "test", 8_041),
+    Benchmark("caltech101", "Caltech-101", "test", f"wds:{CLIP_BENCHMARK}vtab-caltech101", "test", 6_084),
 )
 BENCHMARKS_BY_NAME = {b.name: b for b in BENCHMARK_LIST}
 
@@ -165,14 +178,19 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
 
 
 def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
-    """The first of `names` found in the copy at `location`, as Parquet or as an ImageFolder."""
+    """The first of `names` found in the copy at `location`, as Parquet, as CLIP_benchmark's
+    WebDataset or as an ImageFolder."""
     fs, root = fsspec.core.url_to_fs(location)
     for split in names:
         try:
             return open_parquet(bench.name, location, split, class_names=bench.class_names)
         except FileNotFoundError:
             pass
-        if not root.endswith(".parquet") and fs.isdir(f"{root.rstrip('/')}/{split}"):
+        if root.endswith(".parquet"):
+            continue
+        if is_wds(location, split):
+            return open_wds(bench.name, location, split, class_names=bench.class_names)
+        if fs.isdir(f"{root.rstrip('/')}/{split}"):
             return open_imagefolder(bench.name, location, split)
     return None
 
@@ -195,9 +213,44 @@ def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
     return copies
 
 
+def hub_source(bench: Benchmark) -> str | None:
+    """Where the benchmark is read without a local copy: `$WDYS_<NAME>_HUB` (a location, the layout
+    detected, or `<layout>:<location>`), else the built-in source."""
+    return os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
+
+
+def gated_hint(exc: BaseException, location: str) -> str | None:
+    """The one thing to do when the hub refused a file because the repository is gated."""
+    current: BaseException | None = exc
+    while current is not None:
+        if type(current).__name__ == "GatedRepoError":
+            repo = re.sub(r"^hf://datasets/([^/@]+/[^/@]+).*$", r"\1", location)
+            return (
+                f"{location} is gated: accept its terms at https://huggingface.co/datasets/{repo} and set "
+                "HF_TOKEN to a token of that account"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _open_hub(bench: Benchmark, spec: str, split: str) -> DatasetSource:
+    layout, location, _ = split_dataset_spec(spec)
+    if layout == "wds":
+        return open_wds(bench.name, location, split, class_names=bench.class_names)
+    if layout == "parquet":
+        return open_parquet(bench.name, location, split, class_names=bench.class_names)
+    if spec.startswith("torchvision:"):
+        return open_archive(bench.name, spec.partition(":")[2], split)
+    source = _open_copy(bench, location, (split,))
+    if source is None:
+        raise DatasetNotFound(f"no split {split!r} as Parquet, WebDataset or ImageFolder")
+    return source
+
+
 def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
     """The benchmark's `split` (its evaluation split under any of its names, or another split the
-    data has), with the benchmark's class names and labels in the benchmark's class order."""
+    data has), with the benchmark's class names and labels in the benchmark's class order; the
+    evaluation split carries its known size (`expected_rows`), checked before a full run."""
     evaluation = bench.evaluation_split_names(split)
     names = evaluation or (split,)
     source, where = None, ""
@@ -206,12 +259,12 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
         if source is None and explicit:
             raise DatasetNotFound(
                 f"{bench.env_prefix}_DIR={location} has no split {split!r} (looked for {list(names)} "
-                "as Parquet files or ImageFolder split folders)"
+                "as Parquet files, WebDataset shards or ImageFolder split folders)"
             )
         if source is not None:
             break
     if source is None:
-        hub = os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
+        hub = hub_source(bench)
         if split in bench.local_only_splits:
             raise DatasetNotFound(
                 f"{bench.name} split {split!r} is only in a local copy, found none "
@@ -219,22 +272,33 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
             )
         if not hub:
             raise DatasetNotFound(
-                f"no Parquet export of {bench.title} is known on the hub: put a copy at "
+                f"no public source of {bench.title} is known: put a copy at "
                 f"$WDYS_DATA_DIR/{bench.name} or {bench.env_prefix}_DIR, or set {bench.env_prefix}_HUB"
             )
         hub_split = bench.hub_split if evaluation else split
         try:
-            source = open_parquet(bench.name, hub, hub_split, class_names=bench.class_names)
+            source = _open_hub(bench, hub, hub_split)
         except Exception as exc:  # offline, gated, or no such split: say what was looked for
+            gated = gated_hint(exc, split_dataset_spec(hub)[1])
+            if gated:
+                raise DatasetNotFound(f"{bench.name}: {gated}") from exc
             raise DatasetNotFound(
                 f"{bench.name} split {split!r}: no local copy ({bench.env_prefix}_DIR, $WDYS_DATA_DIR/"
-                f"{bench.name}, {shared_datasets_dir() / bench.name}) and the hub copy {hub} could not be "
-                f"read: {type(exc).__name__}: {exc}. The evaluation split is {bench.split!r}."
+                f"{bench.name}, {shared_datasets_dir() / bench.name}) and the source {hub} could not be "
+                f"read: {type(exc).__name__}: {first_line(exc)}. The evaluation split is {bench.split!r}."
             ) from exc
         where = hub
     order = align(bench, source.class_names, f"{where} ({source.split})")
     relabelled = relabel(source, bench.name, split, bench.class_names, order)
-    return replace(relabelled, note=f"{bench.name} {split}: {source.note or where}")
+    return replace(
+        relabelled,
+        note=f"{bench.name} {split}: {source.note or where}",
+        expected_rows=bench.size if evaluation else None,
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def relabel(

@@ -1,0 +1,63 @@
+"""A benchmark read from its official archive through torchvision's dataset class, where the hub
+has no copy of its evaluation split (Places365: `val_256.tar`, 36,500 images, and the devkit with
+the file list and categories from data.csail.mit.edu).
+
+torchvision downloads and unpacks the archives once, verified by its MD5 sums, into
+`$WDYS_DATA_DIR/<name>/torchvision` (else `~/.cache/wdys/<name>/torchvision`); later runs read the
+unpacked files. The manifest keeps each image's file URI, as for an ImageFolder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from sources.base import DatasetSource, image_ids
+from storage.errors import BadParameter
+
+# torchvision's split names for the splits the benchmarks evaluate on.
+SPLITS = {"Places365": {"val": "val"}}
+
+
+def archive_root(name: str) -> Path:
+    """Where a benchmark's official archives are downloaded and unpacked."""
+    data_dir = os.environ.get("WDYS_DATA_DIR")
+    base = Path(data_dir) if data_dir else Path.home() / ".cache" / "wdys"
+    return base / name / "torchvision"
+
+
+def _places365(root: Path, split: str):
+    from torchvision.datasets import Places365  # torchvision is heavy: import it only when used
+
+    probe = Places365.__new__(Places365)  # where the images unpack, without touching the network
+    probe.root, probe.split, probe.small = str(root), split, True
+    unpacked = Path(probe.images_dir).is_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    # download=True refuses an already unpacked image folder: only ask for what is missing.
+    return Places365(str(root), split=split, small=True, download=not unpacked)
+
+
+def open_archive(name: str, dataset: str, split: str) -> DatasetSource:
+    """`dataset`: the torchvision class (`Places365`); `split`: the benchmark's split name."""
+    if dataset not in SPLITS or split not in SPLITS[dataset]:
+        raise BadParameter(f"{dataset} split {split!r} has no official archive source (known: {SPLITS})")
+    root = archive_root(name)
+    data = _places365(root, SPLITS[dataset][split])
+    items: Sequence[tuple[str, int]] = data.imgs
+    note = f"torchvision {dataset} ({split}) at {root}: {len(items)} images, {len(data.classes)} classes"
+
+    def read_rows(rows: Sequence[int]) -> pa.Table:
+        return pa.table(
+            {
+                "image_id": image_ids(split, rows),
+                "row": pa.array(rows, pa.int64()),
+                "label": pa.array([items[r][1] for r in rows], pa.int64()),
+                "image": pa.nulls(len(rows), pa.binary()),
+                "uri": [str(items[r][0]) for r in rows],
+            }
+        )
+
+    return DatasetSource(name, split, tuple(data.classes), len(items), read_rows, note)
