@@ -8,6 +8,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import duckdb
 import pytest
 from wds_support import add_member, serve_hub, write_wds
 
@@ -140,3 +141,50 @@ def test_an_unreachable_source_names_what_was_tried(monkeypatch):
     monkeypatch.setenv("WDYS_CIFAR10_HUB", "wds:memory://nowhere/cifar10")
     with pytest.raises(DatasetNotFound, match="the source wds:memory://nowhere/cifar10 could not be read"):
         open_dataset("cifar10", "test")
+
+
+def test_wds_runs_through_the_whole_flow_locally_and_from_the_hub(prefect_server, tmp_path, fake_hub):
+    from flows.benchmark import benchmark
+
+    write_wds(tmp_path / "repo", "test", LABELS, CLASSES, shards=2, broken=[3])
+    fake_hub.add("someone/wds_tiny", tmp_path / "repo")
+    for dataset in (f"wds:{tmp_path / 'repo'}", "wds:hf://datasets/someone/wds_tiny"):
+        root = tmp_path / dataset_name(dataset)
+        result = benchmark(
+            datasets=[dataset],
+            splits=["test"],
+            root=str(root),
+            shard_size=4,
+            class_samples=1,
+            class_weights=["name"],
+        )
+        assert {(r["n"], r["excluded"], r["full_split"]) for r in result["metrics"]} == {(6, 1, True)}
+        with duckdb.connect(str(root / "wdys.duckdb"), read_only=True) as con:
+            labels = [r[0] for r in con.sql("select label from manifest order by image_id").fetchall()]
+            errors = con.sql("select distinct image_id, stage from errors where stage = 'image'").fetchall()
+        assert labels == LABELS and errors == [("test/0000003", "image")]
+        report = (root / "reports").glob("**/report.md")
+        assert any("| full split |" in p.read_text() for p in report)
+
+
+def test_a_full_run_of_a_copy_of_the_wrong_size_is_refused_in_one_line(
+    prefect_server, tmp_path, monkeypatch, capsys
+):
+    """`python -m flows.benchmark` (what `wdys run` runs) on a 3-image CIFAR-10 test copy: exit
+    status 2, one line naming both counts, before any shard task."""
+    from flows.benchmark import main
+    from wdys.cli import guarded
+
+    write_wds(tmp_path / "cifar10", "test", [9, 0, 3], BENCHMARKS_BY_NAME["cifar10"].class_names)
+    monkeypatch.setenv("WDYS_DATA_DIR", str(tmp_path))
+    root = tmp_path / "root"
+    args = ["--datasets", "cifar10", "--splits", "test", "--root", str(root), "--image-only"]
+    assert guarded(main, args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: cifar10 test: the full evaluation split has 10000 images but the copy read holds 3 (wds "
+        f"{tmp_path / 'cifar10'} (test): 3 samples in 2 shard(s), 10 classes, 1 templates in "
+        "zeroshot_classification_templates.txt); use a complete copy (see `wdys datasets`), or --limit N "
+        "to run a sample"
+    ]
+    assert not (root / "manifest").exists()
