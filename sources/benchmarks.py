@@ -110,6 +110,7 @@ BENCHMARK_LIST: tuple[Benchmark, ...] = (
     Benchmark("cars", "Stanford Cars", "test", f"parquet:{HF}tanganke/stanford_cars", "test", 8_041),
     Benchmark("caltech101", "Caltech-101", "test", f"wds:{CLIP_BENCHMARK}vtab-caltech101", "test", 6_084),
 )
+PAPER_BENCHMARKS = tuple(b.name for b in BENCHMARK_LIST)  # the paper's ten (its authors' code)
 BENCHMARKS_BY_NAME = {b.name: b for b in BENCHMARK_LIST}
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import tarfile
+import threading
 from collections.abc import Iterator, Sequence
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -73,3 +77,52 @@ def serve_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     yield hub
     HfFileSystem.clear_instance_cache()
     hub.close()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def serve_places365_archives(
+    www: Path, labels: Sequence[int], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[str]]:
+    """A stand-in for data.csail.mit.edu serving Places365's devkit (categories, val file list) and
+    `val_256.tar` as the official archives lay them out, one image per label. torchvision pins the
+    URL base and the archives' MD5 sums as class attributes: they are pointed at the stand-in and
+    its tiny archives (the real ones are hundreds of MB and cannot be fetched here). Yields the
+    paths asked for with GET."""
+    from torchvision.datasets import Places365
+
+    from sources.benchmarks import _classnames
+
+    www.mkdir(parents=True)
+    categories = "".join(f"/{n[0]}/{n} {i}\n" for i, n in enumerate(_classnames()["places365"]["raw"]))
+    file_list = "".join(f"Places365_val_{i + 1:08d}.jpg {label}\n" for i, label in enumerate(labels))
+    with tarfile.open(www / "filelist_places365-standard.tar", "w") as tar:
+        add_member(tar, "categories_places365.txt", categories.encode())
+        add_member(tar, "places365_val.txt", file_list.encode())
+    with tarfile.open(www / "val_256.tar", "w") as tar:
+        for i in range(len(labels)):
+            add_member(tar, f"val_256/Places365_val_{i + 1:08d}.jpg", image_bytes(i))
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    devkit = ("filelist_places365-standard.tar", md5((www / "filelist_places365-standard.tar").read_bytes()))
+    monkeypatch.setattr(Places365, "_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setattr(Places365, "_DEVKIT_META", {"standard": devkit})
+    monkeypatch.setattr(Places365, "_CATEGORIES_META", ("categories_places365.txt", md5(categories.encode())))
+    monkeypatch.setattr(Places365, "_FILE_LIST_META", {"val": ("places365_val.txt", md5(file_list.encode()))})
+    images = ("val_256.tar", md5((www / "val_256.tar").read_bytes()))
+    monkeypatch.setattr(Places365, "_IMAGES_META", {("val", True): images})
+    yield requests
+    server.shutdown()
+    server.server_close()

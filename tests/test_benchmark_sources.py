@@ -1,0 +1,101 @@
+"""Every registered benchmark from its public source, against local stand-ins: the hub
+(tests/fake_hub.py) for CLIP_benchmark's WebDataset copies and the Parquet exports, and
+data.csail.mit.edu for Places365's official archives, read through torchvision's `Places365` class
+(downloaded once, unpacked under `$WDYS_DATA_DIR`, read again without a request). torchvision pins
+the archives' URL base and MD5 sums as class attributes; the stand-in (tests/wds_support.py) points
+them at itself and its tiny archives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fake_hub import FakeHub
+from wds_support import image_bytes, serve_hub, serve_places365_archives, write_wds
+
+from deployments.deploy import PAPER
+from sources import benchmarks
+from sources.benchmarks import BENCHMARK_LIST, BENCHMARKS_BY_NAME, PAPER_BENCHMARKS
+from sources.images import decode_manifest
+from sources.registry import open_dataset
+from storage.errors import BadDataset
+from storage.keys import Selection
+from storage.paths import split_dataset_spec
+from tasks.plan import plan_dataset
+
+LABELS = [0, 364, 165]
+
+
+@pytest.fixture
+def archive_server(tmp_path, monkeypatch):
+    yield from serve_places365_archives(tmp_path / "www", LABELS, monkeypatch)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    yield from serve_hub(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """A data dir of its own, no shared copy, no overrides."""
+    monkeypatch.setenv("WDYS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WDYS_SHARED_DATASETS", str(tmp_path / "no-shared-copy"))
+    monkeypatch.setattr(benchmarks, "EMBEDDED_DATASETS", tmp_path / "no-embedded-copy")
+    for bench in BENCHMARKS_BY_NAME.values():
+        monkeypatch.delenv(f"{bench.env_prefix}_DIR", raising=False)
+        monkeypatch.delenv(f"{bench.env_prefix}_HUB", raising=False)
+
+
+def serve_every_source(root: Path, hub: FakeHub) -> None:
+    """A tiny copy of each hub-sourced benchmark at its built-in location, in its source's layout."""
+    for bench in BENCHMARK_LIST:
+        layout, location, _ = split_dataset_spec(bench.hub or "")
+        if layout is None:
+            continue
+        org, repo, *sub = location.removeprefix("hf://datasets/").split("/")
+        repo_id = f"{org}/{repo}"
+        folder = root / repo_id
+        labels = [0, bench.num_classes - 1, 1]
+        if layout == "wds":
+            write_wds(folder, bench.hub_split, labels, bench.class_names)
+        else:
+            images = pa.array([{"bytes": image_bytes(i), "path": None} for i in range(len(labels))])
+            path = folder / (sub[0] if sub else "data") / f"{bench.hub_split}-00000-of-00001.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"image": images, "label": pa.array(labels, pa.int64())}), path)
+        hub.add(repo_id, folder)
+
+
+def test_the_paper_deployments_datasets_plan_against_the_stand_ins(tmp_path, fake_hub, archive_server):
+    """What `prefect deployment run benchmark/paper` plans first: every one of its datasets opens
+    from its public source; a full run of these 3-image copies is refused by size."""
+    serve_every_source(tmp_path / "hub", fake_hub)
+    assert PAPER["datasets"] == sorted(PAPER_BENCHMARKS) and len(PAPER_BENCHMARKS) == 10
+    for name in PAPER["datasets"]:
+        for split in PAPER["splits"]:
+            plan = plan_dataset.fn(Selection(name, split, limit=2, seed=0, shard_size=1))
+            assert len(plan.shards) == 2 and len(plan.class_names) == BENCHMARKS_BY_NAME[name].num_classes
+            with pytest.raises(BadDataset, match=f"has {BENCHMARKS_BY_NAME[name].size} images but the copy"):
+                plan_dataset.fn(Selection(name, split))
+    repos = {
+        p.split("/")[2] + "/" + p.split("/")[3] for _, p, _ in fake_hub.requests if p.startswith("/datasets/")
+    }
+    assert len(repos) == 9  # every hub-sourced benchmark was read from the stand-in
+
+
+def test_places365_downloads_its_archives_once_and_reads_them(archive_server, tmp_path):
+    source = open_dataset("places365", "val")
+    names = BENCHMARKS_BY_NAME["places365"].class_names
+    manifest = source.manifest([0, 1, 2])
+    assert [names[i] for i in manifest.column("label").to_pylist()] == [names[i] for i in LABELS]
+    assert decode_manifest(manifest)[1] == [None, None, None]
+    assert manifest.column("uri")[0].as_py().startswith(str(tmp_path / "data" / "places365" / "torchvision"))
+    assert source.num_rows == 3 and source.expected_rows == 36_500
+    # torchvision probes each URL for a redirect with a GET, then downloads it
+    assert sorted(set(archive_server)) == ["/filelist_places365-standard.tar", "/val_256.tar"]
+    asked = len(archive_server)
+    again = open_dataset("places365", "test")  # `test` names the evaluation split: no new download
+    assert again.num_rows == 3 and len(archive_server) == asked
