@@ -22,29 +22,30 @@ from storage.errors import BadParameter
 SPLITS = {"Places365": {"val": "val"}}
 
 
-def archive_root(name: str) -> Path:
+def archive_root(name: str, data_dir: Path | None = None) -> Path:
     """Where a benchmark's official archives are downloaded and unpacked."""
-    data_dir = os.environ.get("WDYS_DATA_DIR")
-    base = Path(data_dir) if data_dir else Path.home() / ".cache" / "wdys"
-    return base / name / "torchvision"
+    data_dir = data_dir or (Path(os.environ["WDYS_DATA_DIR"]) if os.environ.get("WDYS_DATA_DIR") else None)
+    return (data_dir or Path.home() / ".cache" / "wdys") / name / "torchvision"
+
+
+def unpacked(root: Path, split: str) -> bool:
+    """Whether the split's images are unpacked under `root` (torchvision's `<split>_256` folder)."""
+    return (root / f"{SPLITS['Places365'].get(split, split)}_256").is_dir()
 
 
 def _places365(root: Path, split: str):
     from torchvision.datasets import Places365  # torchvision is heavy: import it only when used
 
-    probe = Places365.__new__(Places365)  # where the images unpack, without touching the network
-    probe.root, probe.split, probe.small = str(root), split, True
-    unpacked = Path(probe.images_dir).is_dir()
     root.mkdir(parents=True, exist_ok=True)
     # download=True refuses an already unpacked image folder: only ask for what is missing.
-    return Places365(str(root), split=split, small=True, download=not unpacked)
+    return Places365(str(root), split=split, small=True, download=not unpacked(root, split))
 
 
-def open_archive(name: str, dataset: str, split: str) -> DatasetSource:
+def open_archive(name: str, dataset: str, split: str, data_dir: Path | None = None) -> DatasetSource:
     """`dataset`: the torchvision class (`Places365`); `split`: the benchmark's split name."""
     if dataset not in SPLITS or split not in SPLITS[dataset]:
         raise BadParameter(f"{dataset} split {split!r} has no official archive source (known: {SPLITS})")
-    root = archive_root(name)
+    root = archive_root(name, data_dir)
     data = _places365(root, SPLITS[dataset][split])
     items: Sequence[tuple[str, int]] = data.imgs
     note = f"torchvision {dataset} ({split}) at {root}: {len(items)} images, {len(data.classes)} classes"

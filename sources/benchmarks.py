@@ -37,11 +37,12 @@ import pyarrow.compute as pc
 from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
-from sources.parquet import open_parquet
+from sources.parquet import open_parquet, split_files
 from sources.wds import is_wds, open_wds
 from storage.errors import BadDataset, DatasetNotFound
 from storage.paths import split_dataset_spec
 
+LAYOUTS = {"parquet": open_parquet, "wds": open_wds}  # those that take the benchmark's class names
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
 EMBEDDED_DATASETS = Path(__file__).with_name("embedded")
@@ -178,22 +179,33 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
 # Opening -------------------------------------------------------------------------------------
 
 
-def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
-    """The first of `names` found in the copy at `location`, as Parquet, as CLIP_benchmark's
-    WebDataset or as an ImageFolder."""
+def copy_layout(location: str, names: Sequence[str]) -> tuple[str, str] | None:
+    """(layout, split name) of the first of `names` the copy at `location` holds: as Parquet, as
+    CLIP_benchmark's WebDataset or as an ImageFolder; None when it holds none of them."""
     fs, root = fsspec.core.url_to_fs(location)
     for split in names:
         try:
-            return open_parquet(bench.name, location, split, class_names=bench.class_names)
+            split_files(location, split)
+            return "parquet", split
         except FileNotFoundError:
             pass
         if root.endswith(".parquet"):
             continue
         if is_wds(location, split):
-            return open_wds(bench.name, location, split, class_names=bench.class_names)
+            return "wds", split
         if fs.isdir(f"{root.rstrip('/')}/{split}"):
-            return open_imagefolder(bench.name, location, split)
+            return "imagefolder", split
     return None
+
+
+def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
+    found = copy_layout(location, names)
+    if found is None:
+        return None
+    layout, split = found
+    if layout == "imagefolder":
+        return open_imagefolder(bench.name, location, split)
+    return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
 
 
 def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:

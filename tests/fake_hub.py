@@ -25,7 +25,6 @@ class FakeHub:
         self.repos: dict[str, Path] = {}
         self.gated: set[str] = set()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, range header)
-        self.fail_after: dict[str, int] = {}  # file path -> bytes sent before the connection drops
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -147,12 +146,6 @@ class FakeHub:
             request.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         request.end_headers()
         if method == "HEAD":
-            return
-        limit = self.fail_after.pop(path, None)
-        if limit is not None:  # a dropped connection part-way through the file
-            request.wfile.write(body[:limit])
-            request.wfile.flush()
-            request.close_connection = True
             return
         request.wfile.write(body)
 

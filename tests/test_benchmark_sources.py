@@ -7,6 +7,7 @@ them at itself and its tiny archives."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,12 +19,14 @@ from wds_support import image_bytes, serve_hub, serve_places365_archives, write_
 from deployments.deploy import PAPER
 from sources import benchmarks
 from sources.benchmarks import BENCHMARK_LIST, BENCHMARKS_BY_NAME, PAPER_BENCHMARKS
+from sources.fetch import main as fetch_main
 from sources.images import decode_manifest
 from sources.registry import open_dataset
 from storage.errors import BadDataset
 from storage.keys import Selection
 from storage.paths import split_dataset_spec
 from tasks.plan import plan_dataset
+from wdys.cli import guarded
 
 LABELS = [0, 364, 165]
 
@@ -99,3 +102,51 @@ def test_places365_downloads_its_archives_once_and_reads_them(archive_server, tm
     asked = len(archive_server)
     again = open_dataset("places365", "test")  # `test` names the evaluation split: no new download
     assert again.num_rows == 3 and len(archive_server) == asked
+
+
+def test_wdys_datasets_lists_every_benchmark_with_a_source(tmp_path, capsys):
+    assert guarded(fetch_main, []) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [b.name for b in BENCHMARK_LIST]
+    for line, bench in zip(lines, BENCHMARK_LIST, strict=True):
+        assert f"{bench.size:,} images" in line and f"{bench.num_classes} classes" in line
+        assert " hub: " in line or " archive: torchvision:Places365" in line
+    (tmp_path / "data" / "dtd" / "test" / "banded").mkdir(parents=True)
+    guarded(fetch_main, [])
+    assert f"dtd          test     1,880 images    47 classes  local copy: {tmp_path / 'data' / 'dtd'}" in (
+        capsys.readouterr().out
+    )
+
+
+def test_fetch_resumes_a_part_verifies_the_count_then_runs_read_the_copy(
+    tmp_path, fake_hub, monkeypatch, capsys
+):
+    bench = BENCHMARKS_BY_NAME["caltech101"]
+    labels = [0, 101, 5, 7, 9]
+    write_wds(tmp_path / "hub" / "wds", "test", labels, bench.class_names, shards=2)
+    fake_hub.add("clip-benchmark/wds_vtab-caltech101", tmp_path / "hub" / "wds")
+    data = tmp_path / "data"
+    assert guarded(fetch_main, ["--fetch", "caltech101"]) == 2  # 5 images: not the 6,084 of the split
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: caltech101: the copy at {data / '.caltech101.fetching'} holds 5 images, the evaluation "
+        "split has 6084"
+    ]
+    assert not (data / "caltech101").exists()  # a wrong copy never becomes the one runs read
+    shard = (tmp_path / "hub" / "wds" / "test" / "0.tar").read_bytes()
+    (data / ".caltech101.fetching" / "test" / "0.tar").unlink()
+    (data / ".caltech101.fetching" / "test" / "0.tar.part").write_bytes(shard[:3000])  # an interrupted try
+    fake_hub.requests.clear()
+    monkeypatch.setitem(BENCHMARKS_BY_NAME, "caltech101", dataclasses.replace(bench, size=5))
+    assert guarded(fetch_main, ["--fetch", "caltech101"]) == 0
+    out = capsys.readouterr().out
+    assert "0.tar: resuming at 3,000 of" in out and "caltech101: 5 images in" in out
+    ranges = [r for _, p, r in fake_hub.requests if p.endswith("/0.tar")]
+    assert ranges and ranges[0].startswith("bytes=3000-")  # only the missing part was asked for
+    assert not any(p.endswith("/1.tar") for _, p, _ in fake_hub.requests)  # finished files are kept
+    assert (data / "caltech101" / "test" / "0.tar").read_bytes() == shard
+    fake_hub.requests.clear()
+    source = open_dataset("caltech101", "test")  # from the fetched copy, not the hub
+    assert source.note.startswith(f"caltech101 test: wds {data / 'caltech101'}") and not fake_hub.requests
+    assert [source.class_names[i] for i in source.manifest([1]).column("label").to_pylist()] == [
+        bench.class_names[101]
+    ]

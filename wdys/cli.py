@@ -22,6 +22,10 @@ COMMANDS = {
     "query": ("storage.query", 'SQL over the results catalog, read-only: wdys query "select * from metrics"'),
     "report": ("tasks.report", "write a report of the runs in a storage root"),
     "deploy": ("deployments.deploy", "create the work pool and the deployments"),
+    "datasets": (
+        "sources.fetch",
+        "where each benchmark is read from; --fetch NAME|all copies it into $WDYS_DATA_DIR",
+    ),
 }
 
 # What `make` sets, for the console script too: no telemetry, no UI assets, Prefect's own INFO lines
