@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sources.base import DatasetSource, image_ids
+from sources.base import DatasetSource, file_rows
 from storage.errors import BadParameter
 
 # torchvision's split names for the splits the benchmarks evaluate on.
@@ -51,14 +51,6 @@ def open_archive(name: str, dataset: str, split: str, data_dir: Path | None = No
     note = f"torchvision {dataset} ({split}) at {root}: {len(items)} images, {len(data.classes)} classes"
 
     def read_rows(rows: Sequence[int]) -> pa.Table:
-        return pa.table(
-            {
-                "image_id": image_ids(split, rows),
-                "row": pa.array(rows, pa.int64()),
-                "label": pa.array([items[r][1] for r in rows], pa.int64()),
-                "image": pa.nulls(len(rows), pa.binary()),
-                "uri": [str(items[r][0]) for r in rows],
-            }
-        )
+        return file_rows(split, rows, items)
 
     return DatasetSource(name, split, tuple(data.classes), len(items), read_rows, note)

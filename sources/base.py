@@ -31,3 +31,19 @@ class DatasetSource:
 
 def image_ids(split: str, rows: Sequence[int]) -> list[str]:
     return [f"{split}/{row:07d}" for row in rows]
+
+
+def file_rows(
+    split: str, rows: Sequence[int], items: Sequence[tuple[str, int]], prefix: str = ""
+) -> pa.Table:
+    """Manifest rows of images that live in their own files: `items[row]` is (path, label); the
+    manifest keeps `prefix + path` as the URI rather than the bytes."""
+    return pa.table(
+        {
+            "image_id": image_ids(split, rows),
+            "row": pa.array(rows, pa.int64()),
+            "label": pa.array([items[r][1] for r in rows], pa.int64()),
+            "image": pa.nulls(len(rows), pa.binary()),
+            "uri": [prefix + str(items[r][0]) for r in rows],
+        }
+    )

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fake_hub import FakeHub
-from wds_support import image_bytes, serve_hub, serve_places365_archives, write_wds
+from wds_support import image_bytes, isolate_benchmarks, serve_hub, serve_places365_archives, write_wds
 
 from deployments.deploy import PAPER
 from sources import benchmarks
@@ -43,13 +43,10 @@ def fake_hub(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """A data dir of its own, no shared copy, no overrides."""
+    """A data dir of its own, no shared or embedded copy, no overrides."""
+    isolate_benchmarks(monkeypatch, tmp_path)
     monkeypatch.setenv("WDYS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("WDYS_SHARED_DATASETS", str(tmp_path / "no-shared-copy"))
     monkeypatch.setattr(benchmarks, "EMBEDDED_DATASETS", tmp_path / "no-embedded-copy")
-    for bench in BENCHMARKS_BY_NAME.values():
-        monkeypatch.delenv(f"{bench.env_prefix}_DIR", raising=False)
-        monkeypatch.delenv(f"{bench.env_prefix}_HUB", raising=False)
 
 
 def serve_every_source(root: Path, hub: FakeHub) -> None:

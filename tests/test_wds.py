@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from wds_support import add_member, serve_hub, write_wds
+from wds_support import add_member, isolate_benchmarks, serve_hub, write_wds
 
 from sources import benchmarks
 from sources.benchmarks import BENCHMARKS_BY_NAME
@@ -32,12 +32,7 @@ def fake_hub(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """No shared copy, no data dir, no overrides unless a test sets them."""
-    monkeypatch.setenv("WDYS_SHARED_DATASETS", str(tmp_path / "no-shared-copy"))
-    monkeypatch.delenv("WDYS_DATA_DIR", raising=False)
-    for bench in BENCHMARKS_BY_NAME.values():
-        monkeypatch.delenv(f"{bench.env_prefix}_DIR", raising=False)
-        monkeypatch.delenv(f"{bench.env_prefix}_HUB", raising=False)
+    isolate_benchmarks(monkeypatch, tmp_path)
 
 
 def labels_of(source, rows=None) -> list[str]:

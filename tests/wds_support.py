@@ -126,3 +126,14 @@ def serve_places365_archives(
     yield requests
     server.shutdown()
     server.server_close()
+
+
+def isolate_benchmarks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No shared copy, no data dir, no per-benchmark override unless a test sets them."""
+    from sources.benchmarks import BENCHMARKS_BY_NAME
+
+    monkeypatch.setenv("WDYS_SHARED_DATASETS", str(tmp_path / "no-shared-copy"))
+    monkeypatch.delenv("WDYS_DATA_DIR", raising=False)
+    for bench in BENCHMARKS_BY_NAME.values():
+        monkeypatch.delenv(f"{bench.env_prefix}_DIR", raising=False)
+        monkeypatch.delenv(f"{bench.env_prefix}_HUB", raising=False)
