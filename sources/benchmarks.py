@@ -58,14 +58,17 @@ class Benchmark:
     size: int | None = None  # images in the evaluation split (docs/datasets.md says where from)
     split_aliases: tuple[str, ...] = ()  # other names the evaluation split has in local copies
     local_only_splits: tuple[str, ...] = ()  # splits that exist only in a local copy
+    classes: int | None = None  # without a curated list (the collection): the class count
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(_classnames()[self.name]["names"])
+        """The curated list (`classnames.json`); empty for the collection, whose copies name their
+        classes (CLIP_benchmark's `classnames.txt`)."""
+        return tuple(_classnames().get(self.name, {}).get("names", ()))
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return len(self.class_names) or self.classes or 0
 
     @property
     def env_prefix(self) -> str:
@@ -112,6 +115,45 @@ BENCHMARK_LIST: tuple[Benchmark, ...] = (
     Benchmark("caltech101", "Caltech-101", "test", f"wds:{CLIP_BENCHMARK}vtab-caltech101", "test", 6_084),
 )
 PAPER_BENCHMARKS = tuple(b.name for b in BENCHMARK_LIST)  # the paper's ten (its authors' code)
+
+
+def clip_benchmark_wds(name: str, classes: int, size: int, dataset: str | None = None) -> Benchmark:
+    """A zero-shot classification set of CLIP_benchmark's collection, read from its `wds_*` copy
+    (`dataset`: CLIP_benchmark's name, `vtab/flowers` -> repo `wds_vtab-flowers`); class names from
+    the copy's `classnames.txt`, the evaluation split is `test`."""
+    repo = (dataset or name).replace("/", "-")
+    return Benchmark(
+        name, dataset or name, "test", f"wds:{CLIP_BENCHMARK}{repo}", "test", size, classes=classes
+    )
+
+
+# CLIP_benchmark's collection beyond the paper's ten ("vtab+" less retrieval and multi-label sets):
+# name, classes, test images (the datasets' published test sizes, docs/datasets.md).
+COLLECTION_LIST: tuple[Benchmark, ...] = (
+    clip_benchmark_wds("imagenetv2", 1000, 10_000),
+    clip_benchmark_wds("imagenet_sketch", 1000, 50_889),
+    clip_benchmark_wds("imagenet-a", 200, 7_500),
+    clip_benchmark_wds("imagenet-r", 200, 30_000),
+    clip_benchmark_wds("objectnet", 113, 18_574),
+    clip_benchmark_wds("fgvc_aircraft", 100, 3_333),
+    clip_benchmark_wds("gtsrb", 43, 12_630),
+    clip_benchmark_wds("country211", 211, 21_100),
+    clip_benchmark_wds("stl10", 10, 8_000),
+    clip_benchmark_wds("mnist", 10, 10_000),
+    clip_benchmark_wds("fer2013", 7, 3_589),
+    clip_benchmark_wds("renderedsst2", 2, 1_821),
+    clip_benchmark_wds("flowers", 102, 6_149, "vtab/flowers"),
+    clip_benchmark_wds("eurosat", 10, 5_400, "vtab/eurosat"),
+    clip_benchmark_wds("resisc45", 45, 6_300, "vtab/resisc45"),
+    clip_benchmark_wds("svhn", 10, 26_032, "vtab/svhn"),
+    clip_benchmark_wds("pcam", 2, 32_768, "vtab/pcam"),
+    clip_benchmark_wds("clevr_count_all", 8, 15_000, "vtab/clevr_count_all"),
+    clip_benchmark_wds("clevr_closest_object_distance", 6, 15_000, "vtab/clevr_closest_object_distance"),
+    clip_benchmark_wds("dmlab", 6, 22_735, "vtab/dmlab"),
+    clip_benchmark_wds("kitti_closest_vehicle_distance", 4, 711, "vtab/kitti_closest_vehicle_distance"),
+    clip_benchmark_wds("diabetic_retinopathy", 5, 42_670, "vtab/diabetic_retinopathy"),
+)
+BENCHMARK_LIST += COLLECTION_LIST
 BENCHMARKS_BY_NAME = {b.name: b for b in BENCHMARK_LIST}
 
 
@@ -159,6 +201,8 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
             f"{bench.num_classes}: a copy must hold every class of the benchmark's class list, "
             "an ImageFolder one folder per class (an empty folder counts), see docs/datasets.md"
         )
+    if not bench.class_names:  # the collection: the copy's own class list is the benchmark's
+        return None
     lookup = _lookup(bench.name)
     matched = {i: lookup.get(name_key(n)) for i, n in enumerate(found)}
     if None not in matched.values() and len(set(matched.values())) == len(found):
@@ -302,7 +346,7 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
             ) from exc
         where = hub
     order = align(bench, source.class_names, f"{where} ({source.split})")
-    relabelled = relabel(source, bench.name, split, bench.class_names, order)
+    relabelled = relabel(source, bench.name, split, bench.class_names or source.class_names, order)
     return replace(
         relabelled,
         note=f"{bench.name} {split}: {source.note or where}",

@@ -150,7 +150,7 @@ def test_imagefolder_copy_named_by_its_env_var(name, tmp_path, monkeypatch):
 
 def test_every_benchmark_is_registered_and_listed():
     assert set(CANONICAL) <= set(BENCHMARKS)
-    assert [tuple(b) for b in list_benchmarks()] == [
+    assert [tuple(b) for b in list_benchmarks()][: len(CANONICAL)] == [
         (name, split, count) for name, (count, split) in CANONICAL.items()
     ]
 

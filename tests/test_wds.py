@@ -13,9 +13,9 @@ import pytest
 from wds_support import add_member, isolate_benchmarks, serve_hub, write_wds
 
 from sources import benchmarks
-from sources.benchmarks import BENCHMARKS_BY_NAME
+from sources.benchmarks import BENCHMARKS_BY_NAME, PAPER_BENCHMARKS
 from sources.images import decode_manifest
-from sources.registry import open_dataset
+from sources.registry import BENCHMARKS, open_dataset
 from storage.errors import BadDataset, DatasetNotFound
 from storage.keys import Selection
 from storage.paths import dataset_name
@@ -183,3 +183,21 @@ def test_a_full_run_of_a_copy_of_the_wrong_size_is_refused_in_one_line(
         "to run a sample"
     ]
     assert not (root / "manifest").exists()
+
+
+def test_clip_benchmarks_collection_is_registered_from_its_wds_copies(tmp_path, fake_hub):
+    """`--datasets imagenet-r`: CLIP_benchmark's wds_imagenet-r, its class names from the copy."""
+    assert {"imagenet-r", "imagenet-a", "imagenetv2", "imagenet_sketch", "flowers", "eurosat"} <= set(
+        BENCHMARKS
+    )
+    assert "imagenet-r" not in PAPER_BENCHMARKS
+    names = [f"class {i}" for i in range(200)]
+    write_wds(tmp_path / "repo", "test", [199, 0, 7], names)
+    fake_hub.add("clip-benchmark/wds_imagenet-r", tmp_path / "repo")
+    source = open_dataset("imagenet-r", "test")
+    assert labels_of(source) == ["class 199", "class 0", "class 7"]
+    assert source.expected_rows == 30_000 and len(source.class_names) == 200
+    write_wds(tmp_path / "flowers", "test", [0], ["a", "b"])
+    fake_hub.add("clip-benchmark/wds_vtab-flowers", tmp_path / "flowers")  # CLIP_benchmark's vtab/flowers
+    with pytest.raises(BadDataset, match="has 2 classes, but vtab/flowers \\('flowers'\\) has 102"):
+        open_dataset("flowers", "test")
