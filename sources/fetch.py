@@ -25,6 +25,7 @@ from sources.archive import archive_root, open_archive, unpacked
 from sources.benchmarks import (
     BENCHMARK_LIST,
     BENCHMARKS_BY_NAME,
+    PAPER_BENCHMARKS,
     Benchmark,
     _local_copies,
     _open_copy,
@@ -159,7 +160,12 @@ def verified(bench: Benchmark, count: int, where: Path, log: Log) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wdys datasets", description=__doc__.splitlines()[0])
-    parser.add_argument("--fetch", nargs="+", metavar="NAME", help="benchmarks to fetch, or `all`")
+    parser.add_argument(
+        "--fetch",
+        nargs="+",
+        metavar="NAME",
+        help="benchmarks to fetch; `paper`: the paper's ten; `all`: every one",
+    )
     parser.add_argument("--data-dir", default=os.environ.get("WDYS_DATA_DIR"), help="default: $WDYS_DATA_DIR")
     args = parser.parse_args(argv)
     if not args.fetch:
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.data_dir:
         raise BadParameter("fetching needs a data dir: set WDYS_DATA_DIR (runs read copies from there)")
-    names = [b.name for b in BENCHMARK_LIST] if args.fetch == ["all"] else args.fetch
+    groups = {"all": [b.name for b in BENCHMARK_LIST], "paper": list(PAPER_BENCHMARKS)}
+    names = [n for name in args.fetch for n in groups.get(name, [name])]
     unknown = sorted(set(names) - set(BENCHMARKS_BY_NAME))
     if unknown:
         raise BadParameter(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS_BY_NAME)}")

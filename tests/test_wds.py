@@ -20,6 +20,7 @@ from storage.errors import BadDataset, DatasetNotFound
 from storage.keys import Selection
 from storage.paths import dataset_name
 from tasks.plan import plan_dataset, select_rows
+from wdys.cli import user_message
 
 CLASSES = ["cat", "dog", "bird"]
 LABELS = [2, 0, 1, 1, 0, 2, 2]
@@ -129,6 +130,10 @@ def test_a_gated_source_says_what_to_do(tmp_path, fake_hub, monkeypatch):
         "imagenet1k: hf://datasets/ILSVRC/imagenet-1k is gated: accept its terms at "
         "https://huggingface.co/datasets/ILSVRC/imagenet-1k and set HF_TOKEN to a token of that account"
     )
+    with pytest.raises(Exception) as raw:  # a user's own `wds:` dataset in a gated repo
+        open_dataset("wds:hf://datasets/ILSVRC/imagenet-1k", "test")
+    message = user_message(raw.value)
+    assert message.startswith("the hub refused a gated repository (") and message.endswith("set HF_TOKEN")
 
 
 def test_an_unreachable_source_names_what_was_tried(monkeypatch):

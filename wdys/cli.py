@@ -51,6 +51,8 @@ OUTSIDE_FAILURES = {
     ("openai", "AuthenticationError"): f"{OPENAI} refused the key ({{exc}}): check OPENAI_API_KEY",
     ("openai", "APIConnectionError"): f"cannot reach {OPENAI} ({{exc}}): check OPENAI_BASE_URL",
     ("httpx", "ConnectError"): "cannot connect ({exc}): is the Prefect server at PREFECT_API_URL running?",
+    ("huggingface_hub", "GatedRepoError"): "the hub refused a gated repository ({exc}): accept its terms"
+    " on the hub and set HF_TOKEN",
     ("builtins", "PermissionError"): "permission denied ({exc}): use a storage root you can write (--root)",
 }
 
