@@ -147,3 +147,22 @@ def test_fetch_resumes_a_part_verifies_the_count_then_runs_read_the_copy(
     assert [source.class_names[i] for i in source.manifest([1]).column("label").to_pylist()] == [
         bench.class_names[101]
     ]
+
+
+def test_fetch_copies_a_parquet_source_and_counts_an_archive(
+    tmp_path, fake_hub, archive_server, monkeypatch, capsys
+):
+    serve_every_source(tmp_path / "hub", fake_hub)
+    food = BENCHMARKS_BY_NAME["food101"]
+    monkeypatch.setitem(BENCHMARKS_BY_NAME, "food101", dataclasses.replace(food, size=3))
+    assert guarded(fetch_main, ["--fetch", "food101", "places365"]) == 2  # Places365: 3 of 36,500
+    assert (tmp_path / "data" / "food101" / "data" / "validation-00000-of-00001.parquet").is_file()
+    out, err = capsys.readouterr()
+    assert "food101: 3 images in" in out
+    assert err.strip().splitlines()[-1] == (  # after torchvision's download progress bars
+        f"error: places365: the copy at {tmp_path / 'data' / 'places365' / 'torchvision'} holds 3 images, "
+        "the evaluation split has 36500"
+    )
+    fake_hub.requests.clear()
+    source = open_dataset("food101", "test")  # the fetched copy, found under the hub's split name
+    assert source.num_rows == 3 and not fake_hub.requests
