@@ -115,7 +115,7 @@ def serve_places365_archives(
             super().do_GET()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     devkit = ("filelist_places365-standard.tar", md5((www / "filelist_places365-standard.tar").read_bytes()))
     monkeypatch.setattr(Places365, "_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
     monkeypatch.setattr(Places365, "_DEVKIT_META", {"standard": devkit})
