@@ -206,4 +206,3 @@ def test_clip_benchmarks_collection_is_registered_from_its_wds_copies(tmp_path, 
     fake_hub.add("clip-benchmark/wds_vtab-flowers", tmp_path / "flowers")  # CLIP_benchmark's vtab/flowers
     with pytest.raises(BadDataset, match="has 2 classes, but vtab/flowers \\('flowers'\\) has 102"):
         open_dataset("flowers", "test")
-
