@@ -36,7 +36,7 @@ from prefect.runner.storage import create_storage_from_source
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
 from method.fusion import CLASS_WEIGHTINGS
-from sources.registry import BENCHMARKS
+from sources.benchmarks import PAPER_BENCHMARKS
 from storage.errors import UserError
 from tasks.cache import GPU_LIMIT_ENV, GPU_SLOTS_ENV
 
@@ -50,7 +50,7 @@ QUICK = {"datasets": ["cifar10"], "splits": ["dev"]}  # the flow's defaults: the
 # initial-prediction prompt ("Answer using a single word if possible") reliably, fits one 24 GB
 # GPU in bf16, and is served by transformers, vLLM and SGLang alike (docs/operations.md).
 PAPER = {
-    "datasets": sorted(BENCHMARKS),
+    "datasets": sorted(PAPER_BENCHMARKS),
     "splits": ["test"],
     "encoders": ["open_clip:ViT-L-14/openai"],
     "describers": ["hf:Qwen/Qwen2-VL-7B-Instruct"],

@@ -123,7 +123,8 @@ def benchmark(
     """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
 
     Args:
-        datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>`.
+        datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>` /
+            `wds:<path|URL>`.
         splits: dataset splits, e.g. `dev`, `test`.
         encoders: `open_clip:<arch>/<pretrained>` or `offline:conse-lite0-minilm`.
         describers: `hf:<repo|dir>`, `openai:<model>` or `offline:lite2-labels`; none (`[]`) runs

@@ -22,6 +22,7 @@ class DatasetSource:
     num_rows: int
     read_rows: Callable[[Sequence[int]], pa.Table]  # rows -> a table with MANIFEST's columns
     note: str = ""  # how the data was read (layout, columns used): logged when a run plans it
+    expected_rows: int | None = None  # a registered benchmark's evaluation split: its known size
 
     def manifest(self, rows: Sequence[int]) -> pa.Table:
         table = self.read_rows(rows)
@@ -30,3 +31,19 @@ class DatasetSource:
 
 def image_ids(split: str, rows: Sequence[int]) -> list[str]:
     return [f"{split}/{row:07d}" for row in rows]
+
+
+def file_rows(
+    split: str, rows: Sequence[int], items: Sequence[tuple[str, int]], prefix: str = ""
+) -> pa.Table:
+    """Manifest rows of images that live in their own files: `items[row]` is (path, label); the
+    manifest keeps `prefix + path` as the URI rather than the bytes."""
+    return pa.table(
+        {
+            "image_id": image_ids(split, rows),
+            "row": pa.array(rows, pa.int64()),
+            "label": pa.array([items[r][1] for r in rows], pa.int64()),
+            "image": pa.nulls(len(rows), pa.binary()),
+            "uri": [prefix + str(items[r][0]) for r in rows],
+        }
+    )

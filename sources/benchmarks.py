@@ -7,11 +7,13 @@ list comes from), whatever the data calls its classes. The data is read from the
 2. `$WDYS_DATA_DIR/<name>/`;
 3. the team's shared copy, `shared/datasets/<name>/` (see `shared_datasets_dir`);
 4. the copy shipped with the package, `sources/embedded/<name>/` (CIFAR-10's `dev` sample only);
-5. the benchmark's Parquet export on the Hugging Face hub, through fsspec (`$WDYS_<NAME>_HUB`
-   replaces the built-in location).
+5. the benchmark's public source (`Benchmark.hub`, `$WDYS_<NAME>_HUB` replaces it): CLIP_benchmark's
+   WebDataset copy or a Parquet export on the Hugging Face hub, through fsspec, or the official
+   archive through torchvision (Places365, `sources.archive`).
 
-A local copy is either Hugging Face Parquet (`<split>-*.parquet`, `data/<split>-*.parquet`, ...,
-read by `sources.parquet`) or an ImageFolder (`<split>/<class folder>/<image>`). Its classes are
+A local copy is Hugging Face Parquet (`<split>-*.parquet`, `data/<split>-*.parquet`, ..., read by
+`sources.parquet`), CLIP_benchmark's WebDataset (`<split>/*.tar`, `sources.wds`) or an ImageFolder
+(`<split>/<class folder>/<image>`). Its classes are
 matched to the benchmark's by name where every name is recognised (folder names such as ImageNet
 synset ids, Food-101's `apple_pie` or the mixed-case Oxford pet breeds); otherwise the data's label
 order (sorted folder names, for an ImageFolder) is taken to be the canonical order. A class count
@@ -32,11 +34,15 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
-from sources.parquet import open_parquet
+from sources.parquet import open_parquet, split_files
+from sources.wds import is_wds, open_wds
 from storage.errors import BadDataset, DatasetNotFound
+from storage.paths import split_dataset_spec
 
+LAYOUTS = {"parquet": open_parquet, "wds": open_wds}  # those that take the benchmark's class names
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
 EMBEDDED_DATASETS = Path(__file__).with_name("embedded")
@@ -47,18 +53,22 @@ class Benchmark:
     name: str  # the registry name (CLIP_benchmark's)
     title: str
     split: str  # the evaluation split
-    hub: str | None  # fsspec location of a public Parquet export of the dataset, if one is known
-    hub_split: str  # the evaluation split's name in that export
+    hub: str | None  # where the data is read without a local copy: `<layout>:<fsspec URL>`, if known
+    hub_split: str  # the evaluation split's name in that source
+    size: int | None = None  # images in the evaluation split (docs/datasets.md says where from)
     split_aliases: tuple[str, ...] = ()  # other names the evaluation split has in local copies
     local_only_splits: tuple[str, ...] = ()  # splits that exist only in a local copy
+    classes: int | None = None  # without a curated list (the collection): the class count
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(_classnames()[self.name]["names"])
+        """The curated list (`classnames.json`); empty for the collection, whose copies name their
+        classes (CLIP_benchmark's `classnames.txt`)."""
+        return tuple(_classnames().get(self.name, {}).get("names", ()))
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return len(self.class_names) or self.classes or 0
 
     @property
     def env_prefix(self) -> str:
@@ -72,31 +82,78 @@ class Benchmark:
         return None
 
 
+HF = "hf://datasets/"
+CLIP_BENCHMARK = HF + "clip-benchmark/wds_"  # CLIP_benchmark's WebDataset copies (`test` split)
 BENCHMARK_LIST: tuple[Benchmark, ...] = (
-    Benchmark("imagenet1k", "ImageNet-1k", "val", "hf://datasets/ILSVRC/imagenet-1k", "validation"),
-    Benchmark("places365", "Places365", "val", None, "validation"),
-    Benchmark("sun397", "SUN397", "test", "hf://datasets/tanganke/sun397", "test"),
-    Benchmark("food101", "Food-101", "test", "hf://datasets/ethz/food101", "validation"),
-    Benchmark("pets", "Oxford-IIIT Pets", "test", "hf://datasets/timm/oxford-iiit-pet", "test"),
-    Benchmark("dtd", "DTD", "test", "hf://datasets/tanganke/dtd", "test"),
+    Benchmark(
+        "imagenet1k",
+        "ImageNet-1k",
+        "val",
+        f"wds:{CLIP_BENCHMARK}imagenet1k",
+        "test",
+        50_000,
+        split_aliases=("validation",),  # Hugging Face's name for it (ILSVRC/imagenet-1k)
+    ),
+    Benchmark(
+        "places365", "Places365", "val", "torchvision:Places365", "val", 36_500, split_aliases=("validation",)
+    ),
+    Benchmark("sun397", "SUN397", "test", f"parquet:{HF}tanganke/sun397", "test", 19_850),
+    Benchmark("food101", "Food-101", "test", f"parquet:{HF}ethz/food101", "validation", 25_250),
+    Benchmark("pets", "Oxford-IIIT Pets", "test", f"parquet:{HF}timm/oxford-iiit-pet", "test", 3_669),
+    Benchmark("dtd", "DTD", "test", f"parquet:{HF}tanganke/dtd", "test", 1_880),
     Benchmark(
         "cifar10",
         "CIFAR-10",
         "test",
-        "hf://datasets/uoft-cs/cifar10/plain_text",
+        f"parquet:{HF}uoft-cs/cifar10/plain_text",
         "test",
+        10_000,
         local_only_splits=("dev",),
     ),
-    Benchmark("cifar100", "CIFAR-100", "test", "hf://datasets/uoft-cs/cifar100/cifar100", "test"),
-    Benchmark("cars", "Stanford Cars", "test", "hf://datasets/tanganke/stanford_cars", "test"),
-    Benchmark(
-        "caltech101",
-        "Caltech-101",
-        "test",
-        "hf://datasets/clip-benchmark/wds_vtab-caltech101@refs%2Fconvert%2Fparquet/default",
-        "test",
-    ),
+    Benchmark("cifar100", "CIFAR-100", "test", f"parquet:{HF}uoft-cs/cifar100/cifar100", "test", 10_000),
+    Benchmark("cars", "Stanford Cars", "test", f"parquet:{HF}tanganke/stanford_cars", "test", 8_041),
+    Benchmark("caltech101", "Caltech-101", "test", f"wds:{CLIP_BENCHMARK}vtab-caltech101", "test", 6_084),
 )
+PAPER_BENCHMARKS = tuple(b.name for b in BENCHMARK_LIST)  # the paper's ten (its authors' code)
+
+
+def clip_benchmark_wds(name: str, classes: int, size: int, dataset: str | None = None) -> Benchmark:
+    """A zero-shot classification set of CLIP_benchmark's collection, read from its `wds_*` copy
+    (`dataset`: CLIP_benchmark's name, `vtab/flowers` -> repo `wds_vtab-flowers`); class names from
+    the copy's `classnames.txt`, the evaluation split is `test`."""
+    repo = (dataset or name).replace("/", "-")
+    return Benchmark(
+        name, dataset or name, "test", f"wds:{CLIP_BENCHMARK}{repo}", "test", size, classes=classes
+    )
+
+
+# CLIP_benchmark's collection beyond the paper's ten ("vtab+" less retrieval and multi-label sets):
+# name, classes, test images (the datasets' published test sizes, docs/datasets.md).
+COLLECTION_LIST: tuple[Benchmark, ...] = (
+    clip_benchmark_wds("imagenetv2", 1000, 10_000),
+    clip_benchmark_wds("imagenet_sketch", 1000, 50_889),
+    clip_benchmark_wds("imagenet-a", 200, 7_500),
+    clip_benchmark_wds("imagenet-r", 200, 30_000),
+    clip_benchmark_wds("objectnet", 113, 18_574),
+    clip_benchmark_wds("fgvc_aircraft", 100, 3_333),
+    clip_benchmark_wds("gtsrb", 43, 12_630),
+    clip_benchmark_wds("country211", 211, 21_100),
+    clip_benchmark_wds("stl10", 10, 8_000),
+    clip_benchmark_wds("mnist", 10, 10_000),
+    clip_benchmark_wds("fer2013", 7, 3_589),
+    clip_benchmark_wds("renderedsst2", 2, 1_821),
+    clip_benchmark_wds("flowers", 102, 6_149, "vtab/flowers"),
+    clip_benchmark_wds("eurosat", 10, 5_400, "vtab/eurosat"),
+    clip_benchmark_wds("resisc45", 45, 6_300, "vtab/resisc45"),
+    clip_benchmark_wds("svhn", 10, 26_032, "vtab/svhn"),
+    clip_benchmark_wds("pcam", 2, 32_768, "vtab/pcam"),
+    clip_benchmark_wds("clevr_count_all", 8, 15_000, "vtab/clevr_count_all"),
+    clip_benchmark_wds("clevr_closest_object_distance", 6, 15_000, "vtab/clevr_closest_object_distance"),
+    clip_benchmark_wds("dmlab", 6, 22_735, "vtab/dmlab"),
+    clip_benchmark_wds("kitti_closest_vehicle_distance", 4, 711, "vtab/kitti_closest_vehicle_distance"),
+    clip_benchmark_wds("diabetic_retinopathy", 5, 42_670, "vtab/diabetic_retinopathy"),
+)
+BENCHMARK_LIST += COLLECTION_LIST
 BENCHMARKS_BY_NAME = {b.name: b for b in BENCHMARK_LIST}
 
 
@@ -144,6 +201,8 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
             f"{bench.num_classes}: a copy must hold every class of the benchmark's class list, "
             "an ImageFolder one folder per class (an empty folder counts), see docs/datasets.md"
         )
+    if not bench.class_names:  # the collection: the copy's own class list is the benchmark's
+        return None
     lookup = _lookup(bench.name)
     matched = {i: lookup.get(name_key(n)) for i, n in enumerate(found)}
     if None not in matched.values() and len(set(matched.values())) == len(found):
@@ -164,17 +223,33 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
 # Opening -------------------------------------------------------------------------------------
 
 
-def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
-    """The first of `names` found in the copy at `location`, as Parquet or as an ImageFolder."""
+def copy_layout(location: str, names: Sequence[str]) -> tuple[str, str] | None:
+    """(layout, split name) of the first of `names` the copy at `location` holds: as Parquet, as
+    CLIP_benchmark's WebDataset or as an ImageFolder; None when it holds none of them."""
     fs, root = fsspec.core.url_to_fs(location)
     for split in names:
         try:
-            return open_parquet(bench.name, location, split, class_names=bench.class_names)
+            split_files(location, split)
+            return "parquet", split
         except FileNotFoundError:
             pass
-        if not root.endswith(".parquet") and fs.isdir(f"{root.rstrip('/')}/{split}"):
-            return open_imagefolder(bench.name, location, split)
+        if root.endswith(".parquet"):
+            continue
+        if is_wds(location, split):
+            return "wds", split
+        if fs.isdir(f"{root.rstrip('/')}/{split}"):
+            return "imagefolder", split
     return None
+
+
+def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
+    found = copy_layout(location, names)
+    if found is None:
+        return None
+    layout, split = found
+    if layout == "imagefolder":
+        return open_imagefolder(bench.name, location, split)
+    return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
 
 
 def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
@@ -195,9 +270,44 @@ def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
     return copies
 
 
+def hub_source(bench: Benchmark) -> str | None:
+    """Where the benchmark is read without a local copy: `$WDYS_<NAME>_HUB` (a location, the layout
+    detected, or `<layout>:<location>`), else the built-in source."""
+    return os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
+
+
+def gated_hint(exc: BaseException, location: str) -> str | None:
+    """The one thing to do when the hub refused a file because the repository is gated."""
+    current: BaseException | None = exc
+    while current is not None:
+        if type(current).__name__ == "GatedRepoError":
+            repo = re.sub(r"^hf://datasets/([^/@]+/[^/@]+).*$", r"\1", location)
+            return (
+                f"{location} is gated: accept its terms at https://huggingface.co/datasets/{repo} and set "
+                "HF_TOKEN to a token of that account"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _open_hub(bench: Benchmark, spec: str, split: str) -> DatasetSource:
+    layout, location, _ = split_dataset_spec(spec)
+    if layout == "wds":
+        return open_wds(bench.name, location, split, class_names=bench.class_names)
+    if layout == "parquet":
+        return open_parquet(bench.name, location, split, class_names=bench.class_names)
+    if spec.startswith("torchvision:"):
+        return open_archive(bench.name, spec.partition(":")[2], split)
+    source = _open_copy(bench, location, (split,))
+    if source is None:
+        raise DatasetNotFound(f"no split {split!r} as Parquet, WebDataset or ImageFolder")
+    return source
+
+
 def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
     """The benchmark's `split` (its evaluation split under any of its names, or another split the
-    data has), with the benchmark's class names and labels in the benchmark's class order."""
+    data has), with the benchmark's class names and labels in the benchmark's class order; the
+    evaluation split carries its known size (`expected_rows`), checked before a full run."""
     evaluation = bench.evaluation_split_names(split)
     names = evaluation or (split,)
     source, where = None, ""
@@ -206,12 +316,12 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
         if source is None and explicit:
             raise DatasetNotFound(
                 f"{bench.env_prefix}_DIR={location} has no split {split!r} (looked for {list(names)} "
-                "as Parquet files or ImageFolder split folders)"
+                "as Parquet files, WebDataset shards or ImageFolder split folders)"
             )
         if source is not None:
             break
     if source is None:
-        hub = os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
+        hub = hub_source(bench)
         if split in bench.local_only_splits:
             raise DatasetNotFound(
                 f"{bench.name} split {split!r} is only in a local copy, found none "
@@ -219,22 +329,33 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
             )
         if not hub:
             raise DatasetNotFound(
-                f"no Parquet export of {bench.title} is known on the hub: put a copy at "
+                f"no public source of {bench.title} is known: put a copy at "
                 f"$WDYS_DATA_DIR/{bench.name} or {bench.env_prefix}_DIR, or set {bench.env_prefix}_HUB"
             )
         hub_split = bench.hub_split if evaluation else split
         try:
-            source = open_parquet(bench.name, hub, hub_split, class_names=bench.class_names)
+            source = _open_hub(bench, hub, hub_split)
         except Exception as exc:  # offline, gated, or no such split: say what was looked for
+            gated = gated_hint(exc, split_dataset_spec(hub)[1])
+            if gated:
+                raise DatasetNotFound(f"{bench.name}: {gated}") from exc
             raise DatasetNotFound(
                 f"{bench.name} split {split!r}: no local copy ({bench.env_prefix}_DIR, $WDYS_DATA_DIR/"
-                f"{bench.name}, {shared_datasets_dir() / bench.name}) and the hub copy {hub} could not be "
-                f"read: {type(exc).__name__}: {exc}. The evaluation split is {bench.split!r}."
+                f"{bench.name}, {shared_datasets_dir() / bench.name}) and the source {hub} could not be "
+                f"read: {type(exc).__name__}: {first_line(exc)}. The evaluation split is {bench.split!r}."
             ) from exc
         where = hub
     order = align(bench, source.class_names, f"{where} ({source.split})")
-    relabelled = relabel(source, bench.name, split, bench.class_names, order)
-    return replace(relabelled, note=f"{bench.name} {split}: {source.note or where}")
+    relabelled = relabel(source, bench.name, split, bench.class_names or source.class_names, order)
+    return replace(
+        relabelled,
+        note=f"{bench.name} {split}: {source.note or where}",
+        expected_rows=bench.size if evaluation else None,
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def relabel(

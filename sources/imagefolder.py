@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import fsspec
 import pyarrow as pa
 
-from sources.base import DatasetSource, image_ids
+from sources.base import DatasetSource, file_rows
 from storage.errors import BadDataset, DatasetNotFound
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -69,14 +69,6 @@ def open_imagefolder(name: str, location: str, split: str) -> DatasetSource:
     note = f"imagefolder {location}: {len(items)} images in {len(classes)} classes ({layout})"
 
     def read_rows(rows: Sequence[int]) -> pa.Table:
-        return pa.table(
-            {
-                "image_id": image_ids(split, rows),
-                "row": pa.array(rows, pa.int64()),
-                "label": pa.array([items[r][1] for r in rows], pa.int64()),
-                "image": pa.nulls(len(rows), pa.binary()),
-                "uri": [prefix + items[r][0] for r in rows],
-            }
-        )
+        return file_rows(split, rows, items, prefix)
 
     return DatasetSource(name, split, tuple(classes), len(items), read_rows, note)

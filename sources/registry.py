@@ -2,7 +2,8 @@
 
 Names: a registered benchmark (`imagenet1k`, `places365`, `sun397`, `food101`, `pets`, `dtd`,
 `cifar10`, `cifar100`, `cars`, `caltech101`: see `sources.benchmarks` and docs/datasets.md), or
-`parquet:<file, folder or URL>` and `imagefolder:<folder or URL>` for data the user already holds.
+`parquet:<file, folder or URL>`, `imagefolder:<folder or URL>` and `wds:<folder or URL>` (CLIP_benchmark's
+WebDataset layout, `sources.wds`) for data the user already holds.
 An ImageFolder holds split folders (`<split>/<class>/<image>`) or, as torchvision's, class folders
 directly; Parquet's image and label columns are detected. A user's dataset is filed under a readable
 name (`storage.paths.dataset_name`), or the one given as `?name=<name>` after the location.
@@ -18,6 +19,7 @@ from sources.base import DatasetSource
 from sources.benchmarks import BENCHMARK_LIST, open_benchmark, shared_datasets_dir
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
+from sources.wds import open_wds
 from storage.errors import BadParameter
 from storage.paths import DATASET_LAYOUTS, split_dataset_spec
 
@@ -32,7 +34,7 @@ __all__ = [
 
 Builder = Callable[[str], DatasetSource]  # split -> source
 BENCHMARKS: dict[str, Callable[[str], DatasetSource]] = {}
-LAYOUTS = {"parquet": open_parquet, "imagefolder": open_imagefolder}
+LAYOUTS = {"parquet": open_parquet, "imagefolder": open_imagefolder, "wds": open_wds}
 assert set(LAYOUTS) == set(DATASET_LAYOUTS), "storage.paths names the same layouts"
 
 
@@ -71,5 +73,6 @@ def open_dataset(name: str, split: str) -> DatasetSource:
         return BENCHMARKS[name](split)
     raise BadParameter(
         f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}, or 'imagefolder:<folder>' / "
-        "'parquet:<file or folder>' for your own data (optionally '?name=<name>' after it)"
+        "'parquet:<file or folder>' / 'wds:<folder or URL>'"
+        " for your own data (optionally '?name=<name>' after it)"
     )

@@ -24,6 +24,8 @@ from storage.schemas import RUN_KEYS, TABLES
 # averaged over classes, and the gain in points over the image-only row of the same keys. `partial`
 # counts the images of `n` whose query lacks one of its components (a failed description or
 # prediction, an image that did not embed): the single-component rows of the same image say which.
+# `full_split`: the row covers every image of its split (a registered benchmark's evaluation split is
+# then checked to hold its known size, tasks/plan.py), not a `limit` sample.
 METRICS_SQL = f"""
 create or replace view metrics as
 with missing as (
@@ -55,7 +57,8 @@ with missing as (
            100.0 * avg(correct1 / nullif(n, 0)) as mean_per_class_recall
     from per_class group by all
 )
-select r.*, r.top1 - base.top1 as gain_top1, r.top5 - base.top5 as gain_top5
+select r.*, r.top1 - base.top1 as gain_top1, r.top5 - base.top5 as gain_top5,
+       r.subset like 'all-%' as full_split
 from by_run r
 left join by_run base
   on {" and ".join(f"base.{k} = r.{k}" for k in RUN_KEYS)} and base.components = 'image'

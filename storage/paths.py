@@ -22,7 +22,7 @@ DEFAULT_ROOT = "./data"
 NONE = "none"  # partition value for a key that does not apply (e.g. no describer)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_VALUE = 80
-DATASET_LAYOUTS = ("parquet", "imagefolder")  # `<layout>:<location>` names a user's own dataset
+DATASET_LAYOUTS = ("parquet", "imagefolder", "wds")  # `<layout>:<location>` names a user's own dataset
 
 
 def resolve_root(root: str | None = None) -> str:

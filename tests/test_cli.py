@@ -81,7 +81,7 @@ def test_console_lines_of_user_errors_lose_only_their_traceback():
 
 
 def test_unknown_command_and_usage(capsys):
-    assert cli.main([]) == 0 and "wdys {run,query,report,deploy}" in capsys.readouterr().out
+    assert cli.main([]) == 0 and "wdys {run,query,report,deploy,datasets}" in capsys.readouterr().out
     assert cli.main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
 
 

@@ -273,7 +273,7 @@ def test_report_files_hold_the_table_numbers(toy, tmp_path):
         assert f"{base:.2f}" in text and cell in text and interval in text
         assert pvalue(g["mcnemar_p"]) in text
     assert "](gains-templates.png)" in md and 'src="gains-templates.png"' in html  # relative links
-    assert "| toy | test | all-shard200 | 400 | 5 |" in md
+    assert "| toy | test | all-shard200 | full split | 400 | 5 |" in md
     assert "| toy (test) | 400 | 10 | 10 |" in md  # excluded, partial: the images without a description
     assert "n/a" in md  # the prediction answers have no token counts
 

@@ -22,6 +22,10 @@ COMMANDS = {
     "query": ("storage.query", 'SQL over the results catalog, read-only: wdys query "select * from metrics"'),
     "report": ("tasks.report", "write a report of the runs in a storage root"),
     "deploy": ("deployments.deploy", "create the work pool and the deployments"),
+    "datasets": (
+        "sources.fetch",
+        "where each benchmark is read from; --fetch NAME|all copies it into $WDYS_DATA_DIR",
+    ),
 }
 
 # What `make` sets, for the console script too: no telemetry, no UI assets, Prefect's own INFO lines
@@ -47,6 +51,8 @@ OUTSIDE_FAILURES = {
     ("openai", "AuthenticationError"): f"{OPENAI} refused the key ({{exc}}): check OPENAI_API_KEY",
     ("openai", "APIConnectionError"): f"cannot reach {OPENAI} ({{exc}}): check OPENAI_BASE_URL",
     ("httpx", "ConnectError"): "cannot connect ({exc}): is the Prefect server at PREFECT_API_URL running?",
+    ("huggingface_hub", "GatedRepoError"): "the hub refused a gated repository ({exc}): accept its terms"
+    " on the hub and set HF_TOKEN",
     ("builtins", "PermissionError"): "permission denied ({exc}): use a storage root you can write (--root)",
 }
 

@@ -91,9 +91,16 @@ def overview_section(doc: Doc, data: ReportData) -> None:
     )
     doc.heading("Benchmarks")
     rows = [
-        [b["dataset"], b["split"], b["subset"], str(b["images"]), str(b["classes"])] for b in data.benchmarks
+        [b["dataset"], b["split"], b["subset"], full_split(b["subset"]), str(b["images"]), str(b["classes"])]
+        for b in data.benchmarks
     ]
-    doc.table(["dataset", "split", "subset", "images", "classes"], rows, right=3)
+    doc.table(["dataset", "split", "subset", "covers", "images", "classes"], rows, right=4)
+
+
+def full_split(subset: str) -> str:
+    """Whether a row covers its whole split (a registered benchmark's is checked against its known
+    size before the run) or a `limit` sample of it."""
+    return "full split" if subset.startswith("all-") else "sample"
 
 
 def group_heading(doc: Doc, keys: dict[str, str], main: str) -> None:

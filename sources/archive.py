@@ -1,0 +1,56 @@
+"""A benchmark read from its official archive through torchvision's dataset class, where the hub
+has no copy of its evaluation split (Places365: `val_256.tar`, 36,500 images, and the devkit with
+the file list and categories from data.csail.mit.edu).
+
+torchvision downloads and unpacks the archives once, verified by its MD5 sums, into
+`$WDYS_DATA_DIR/<name>/torchvision` (else `~/.cache/wdys/<name>/torchvision`); later runs read the
+unpacked files. The manifest keeps each image's file URI, as for an ImageFolder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from sources.base import DatasetSource, file_rows
+from storage.errors import BadParameter
+
+# torchvision's split names for the splits the benchmarks evaluate on.
+SPLITS = {"Places365": {"val": "val"}}
+
+
+def archive_root(name: str, data_dir: Path | None = None) -> Path:
+    """Where a benchmark's official archives are downloaded and unpacked."""
+    data_dir = data_dir or (Path(os.environ["WDYS_DATA_DIR"]) if os.environ.get("WDYS_DATA_DIR") else None)
+    return (data_dir or Path.home() / ".cache" / "wdys") / name / "torchvision"
+
+
+def unpacked(root: Path, split: str) -> bool:
+    """Whether the split's images are unpacked under `root` (torchvision's `<split>_256` folder)."""
+    return (root / f"{SPLITS['Places365'].get(split, split)}_256").is_dir()
+
+
+def _places365(root: Path, split: str):
+    from torchvision.datasets import Places365  # torchvision is heavy: import it only when used
+
+    root.mkdir(parents=True, exist_ok=True)
+    # download=True refuses an already unpacked image folder: only ask for what is missing.
+    return Places365(str(root), split=split, small=True, download=not unpacked(root, split))
+
+
+def open_archive(name: str, dataset: str, split: str, data_dir: Path | None = None) -> DatasetSource:
+    """`dataset`: the torchvision class (`Places365`); `split`: the benchmark's split name."""
+    if dataset not in SPLITS or split not in SPLITS[dataset]:
+        raise BadParameter(f"{dataset} split {split!r} has no official archive source (known: {SPLITS})")
+    root = archive_root(name, data_dir)
+    data = _places365(root, SPLITS[dataset][split])
+    items: Sequence[tuple[str, int]] = data.imgs
+    note = f"torchvision {dataset} ({split}) at {root}: {len(items)} images, {len(data.classes)} classes"
+
+    def read_rows(rows: Sequence[int]) -> pa.Table:
+        return file_rows(split, rows, items)
+
+    return DatasetSource(name, split, tuple(data.classes), len(items), read_rows, note)
