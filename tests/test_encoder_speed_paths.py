@@ -128,10 +128,12 @@ def test_the_text_tower_runs_on_the_prompts_positions_only(vit_b32: str) -> None
         lambda _, args: widths.append(args[0].shape[1])
     )
     got = encoder.encode_texts(prompts).vectors
+    # Read before the reference call below, which runs whole and would satisfy a 77 of its own.
+    assert widths == [7, 77]  # <start> a photo of a cat <end>; then 75 x "a" + 2: the whole context
+    widths.clear()
     with torch.inference_mode():
         whole = encoder.model.encode_text(encoder.tokenizer(prompts)).numpy()
     np.testing.assert_allclose(got, whole, rtol=1e-4, atol=1e-5)
-    assert widths[0] == 7 and widths[-1] == 77  # <start> a photo of a cat <end>; 75 x "a" + 2
     widths.clear()
     encoder.model.text_pool_type = "last"
     encoder.encode_texts(prompts[:4])
