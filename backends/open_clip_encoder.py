@@ -5,7 +5,8 @@ Every model is built the way its weights were trained. OpenAI's CLIP weights (ev
 and any tag whose pretrained config says `quick_gelu`) were trained with QuickGELU, while open_clip
 builds the plain architecture names with GELU and only warns about the mismatch; the resulting
 baseline is not the published one. So the activation follows the weights: the tag's pretrained
-config, the tag an `hf-hub:` weight id belongs to, or the folder's own config; a local checkpoint
+config (where it is silent, the architecture's config), the tag an `hf-hub:` weight id belongs to,
+or the folder's own config; a local checkpoint
 file follows its architecture name (`ViT-B-32-quickgelu` for OpenAI's weights). A suffix forces
 either: `open_clip:ViT-B-32/openai#gelu`, `open_clip:ViT-B-32//ckpt.pt#quickgelu`.
 
@@ -102,6 +103,14 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return arch, pretrained
 
 
+def _tag_quick_gelu(arch: str, cfg: dict) -> bool:
+    """What a tag's pretrained config says; where it says nothing, the architecture's own config
+    decides (`roberta-ViT-B-32/laion2b_s12b_b32k`: a silent tag on a QuickGELU architecture)."""
+    if "quick_gelu" in cfg:
+        return bool(cfg["quick_gelu"])
+    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+
+
 def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
     """Whether the weights were trained with QuickGELU, from what open_clip knows of them: a tag's
     pretrained config, or the tag whose hub weights an `hf-hub:` id names. None when unknown (a
@@ -113,10 +122,10 @@ def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
         for tag in open_clip.list_pretrained_tags_by_model(arch):
             cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
             if cfg.get("hf_hub", "").strip("/") == wanted:
-                return bool(cfg.get("quick_gelu", False))
+                return _tag_quick_gelu(arch, cfg)
         return None
     cfg = open_clip.pretrained.get_pretrained_cfg(arch, pretrained)
-    return bool(cfg.get("quick_gelu", False)) if cfg else None
+    return _tag_quick_gelu(arch, cfg) if cfg else None
 
 
 def activation_kwargs(spec: str) -> dict[str, bool]:

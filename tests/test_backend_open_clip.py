@@ -182,3 +182,36 @@ def test_activation_follows_the_weights() -> None:
     assert activation_kwargs("ViT-B-32//some/ckpt.pt") == {}  # a bare file: the architecture decides
     with pytest.raises(ValueError, match="#quickgelu or #gelu"):
         activation_kwargs("ViT-B-32/openai#relu")
+
+
+def _built_quick_gelu(arch: str, kwargs: dict[str, bool]) -> bool:
+    """The activation open_clip's `create_model` builds from the architecture's config and these
+    arguments: `force_quick_gelu` sets it, other keyword arguments override the config."""
+    cfg = dict(open_clip.get_model_config(arch))
+    if kwargs.get("force_quick_gelu"):
+        cfg["quick_gelu"] = True
+    cfg.update({k: v for k, v in kwargs.items() if k != "force_quick_gelu"})
+    return bool(cfg.get("quick_gelu", False))
+
+
+def test_every_listed_tag_is_built_with_its_weights_activation() -> None:
+    """Every (architecture, tag) open_clip lists, and the `hf-hub:` id of its weights, resolved from
+    the configs alone: what the tag's config says, else what the architecture's config says (e.g.
+    `roberta-ViT-B-32/laion2b_s12b_b32k`, whose tag is silent and whose architecture is QuickGELU)."""
+    from backends.open_clip_encoder import activation_kwargs
+
+    checked, wrong = 0, []
+    for arch, tag in open_clip.list_pretrained():
+        cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
+        arch_cfg = open_clip.get_model_config(arch)
+        if not cfg or arch_cfg is None:
+            continue
+        trained = cfg["quick_gelu"] if "quick_gelu" in cfg else arch_cfg.get("quick_gelu", False)
+        specs = [f"{arch}/{tag}"] + ([f"{arch}/hf-hub:{cfg['hf_hub']}"] if cfg.get("hf_hub") else [])
+        for spec in specs:
+            checked += 1
+            if _built_quick_gelu(arch, activation_kwargs(spec)) != bool(trained):
+                wrong.append(spec)
+    assert checked > 200
+    assert wrong == []
+    assert _built_quick_gelu("roberta-ViT-B-32", activation_kwargs("roberta-ViT-B-32/laion2b_s12b_b32k"))
