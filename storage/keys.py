@@ -83,11 +83,14 @@ class AnswerSource:
         }
 
     def class_keys(self) -> dict[str, str]:
-        return {
-            "describer": self.describer,
-            "prompts": class_prompts_hash(),
-            "gen": content_hash({"settings": self.settings, "samples": self.class_samples}),
-        }
+        gen = {"settings": self.settings, "samples": self.class_samples, "sampler": CLASS_SAMPLER}
+        return {"describer": self.describer, "prompts": class_prompts_hash(), "gen": content_hash(gen)}
+
+
+# How class descriptions are sampled, beyond the describer's settings: 2 since issue 19 (`openai:`
+# sends top_p 1; `hf:` draws its seeded noise in float32 on the model's device, not in float64 on
+# the CPU, so its samples differ from those before).
+CLASS_SAMPLER = 2
 
 
 def shortlist_key(run_shortlist: str, encoder: str | None) -> str:
