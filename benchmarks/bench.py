@@ -350,6 +350,15 @@ def _step_seconds(step: Callable[[], torch.Tensor], device: torch.device) -> flo
     return time.perf_counter() - start
 
 
+def _sampler_sides(seeded: Callable, scores: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """One decoding step's token choice: by the seeded sampler, and by plain multinomial sampling."""
+    ids = torch.zeros(scores.shape[0], 1, dtype=torch.long, device=scores.device)
+    return {
+        "seeded": lambda: seeded(ids, scores).argmax(-1),
+        "multinomial": lambda: torch.multinomial(torch.softmax(scores / 0.99, dim=-1), 1),
+    }
+
+
 def sampler(batch: int = 16, vocab: int = 262_144, steps: int = 30) -> list[dict]:
     """The seeded class-description sampler (`backends.hf_sampling.SeededGumbel`) against plain
     multinomial sampling (softmax, then `torch.multinomial`) per decoding step at batch 16 and
@@ -362,13 +371,7 @@ def sampler(batch: int = 16, vocab: int = 262_144, steps: int = 30) -> list[dict
         print("  GPU: not measured, no device on this machine")
     figures = []
     for device in devices:
-        scores = torch.randn(batch, vocab, device=device)
-        ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        seeded = SeededGumbel(range(batch), 0.99)
-        sides = {
-            "seeded": lambda: seeded(ids, scores).argmax(-1),
-            "multinomial": lambda: torch.multinomial(torch.softmax(scores / 0.99, dim=-1), 1),
-        }
+        sides = _sampler_sides(SeededGumbel(range(batch), 0.99), torch.randn(batch, vocab, device=device))
         times: dict[str, list[float]] = {name: [] for name in sides}
         for step in range(steps + 2):  # the first two of each warm up
             for name, side in sides.items():
