@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from storage.io import write_table
-from storage.keys import IMAGE_ONLY_RUN
+from storage.keys import IMAGE_ONLY_RUN, classes_key
 from storage.paths import shard_path
 from storage.reference import published_top1
 from storage.schemas import PREDICTIONS
@@ -23,6 +23,7 @@ def image_only_run(
         "dataset": dataset,
         "split": split,
         "subset": f"first{N}-shard{N}",
+        "classes": classes_key([str(c) for c in range(10)]),
         "encoder": encoder,
         **IMAGE_ONLY_RUN,
         "class_weights": "templates",
