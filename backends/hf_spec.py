@@ -1,8 +1,9 @@
 """What an `hf:` model id names, and the settings it implies (the cache key), without loading it.
 
 `hf:org/repo@rev` pins a revision; `hf:org/repo` is keyed by the commit its `main` points to (asked
-of the hub when online, else read from the local HF cache, else "unresolved"); a local dir is keyed
-by a content hash of its files, so that retraining or editing a model in place is a new key.
+of the hub when online, else read from the local HF cache, else "unresolved"), resolved on the
+flow's machine and loaded at that commit by every task; a local dir is keyed by a content hash of
+its files, so that retraining or editing a model in place is a new key.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-@functools.cache
 def _resolve(repo: str, cache: Path, offline: bool) -> str:
-    """Once per process and repo, so that a download during the run cannot change the key."""
+    """Asked again at every call (once per describer and run, on the flow's machine), so that a
+    long-lived process sees a download that moved `main`; the run's tasks load the revision its key
+    names, so a download during the run cannot change what they answer with."""
     if not offline:
         try:
             from huggingface_hub import HfApi
@@ -132,8 +134,10 @@ def dir_content_hash(path: Path) -> str:
     return "sha256:" + _hash_files(str(path), stamp)
 
 
-def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
-    """Everything the answers depend on, without loading the model: it becomes the cache key."""
+def settings_for(spec: str, max_new_tokens: int, revision: str | None = None) -> dict[str, object]:
+    """Everything the answers depend on, without loading the model: it becomes the cache key.
+    `revision`: the hub commit a run's key already names (a worker loads that one, not what `main`
+    points to now); a local dir's content is hashed again whatever the key says."""
     name, pinned = parse_spec(spec)
     if is_local(name):
         path = Path(name).expanduser()
@@ -141,7 +145,7 @@ def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
             raise DescriberUnavailable(f"hf describer: model dir {name!r} does not exist; check the model id")
         revision = dir_content_hash(path)
     else:
-        revision = pinned or resolve_revision(name)
+        revision = pinned or revision or resolve_revision(name)
     batch_size()  # a bad setting fails here, before any shard
     settings: dict[str, object] = {
         "backend": "hf",

@@ -13,11 +13,12 @@ nothing is loaded until a shard actually needs computing.
 
 from __future__ import annotations
 
+import json
 import threading
 from functools import cache
 from pathlib import Path
 
-from backends.base import Describer, Encoder
+from backends.base import Describer, Encoder, same_settings
 from storage.errors import BadParameter
 
 ENCODER_SCHEMES = ("open_clip", "offline")
@@ -98,9 +99,12 @@ def load_encoder(model_id: str) -> Encoder:
         return _load_encoder(model_id)
 
 
-def load_describer(model_id: str, max_new_tokens: int = 77) -> Describer:
+def load_describer(model_id: str, max_new_tokens: int = 77, settings: str | None = None) -> Describer:
+    """`settings`: the JSON a run's key was made from (`storage.keys.AnswerSource.settings`, resolved
+    on the flow's machine). The describer answers with exactly those (an `hf:` model at their
+    revision), or refuses with `DescriberUnavailable` where this process would answer otherwise."""
     with _load_lock:
-        return _load_describer(model_id, max_new_tokens)
+        return _load_describer(model_id, max_new_tokens, settings)
 
 
 def computes_locally(model_id: str) -> bool:
@@ -148,17 +152,22 @@ def _load_encoder(model_id: str) -> Encoder:
 
 
 @cache
-def _load_describer(model_id: str, max_new_tokens: int) -> Describer:
+def _load_describer(model_id: str, max_new_tokens: int, settings: str | None) -> Describer:
     validate_describer_id(model_id)
     scheme, spec = split_model_id(model_id)
+    keyed = None if settings is None else json.loads(settings)
     if scheme == "hf":
         from backends.hf_describer import HFDescriber
 
-        return HFDescriber.load(spec, max_new_tokens=max_new_tokens)
+        return HFDescriber.load(spec, max_new_tokens=max_new_tokens, keyed=keyed)
     if scheme == "openai":
         from backends.openai_describer import OpenAIDescriber
 
-        return OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
-    from backends.offline import load_offline_describer
+        describer: Describer = OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
+    else:
+        from backends.offline import load_offline_describer
 
-    return load_offline_describer(spec)
+        describer = load_offline_describer(spec)
+    if keyed is not None:
+        same_settings(model_id, keyed, describer.settings())
+    return describer

@@ -48,7 +48,7 @@ def describe_classes(
 
     def ask(todo: list[int]) -> tuple[list[Answer], int]:
         asked = [items[i] for i in todo]
-        describer = load_describer(source.describer, source.max_new_tokens)
+        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
         with exclusive(describer) as passes:
             answers = describer.describe_classes(
                 [prompts[c][p] for c, p, _ in asked],

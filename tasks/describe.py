@@ -71,7 +71,7 @@ def answer_images(
         answers = [Answer(None, error=e) for e in errors]
         if not ok:
             return answers, 0
-        describer = load_describer(source.describer, source.max_new_tokens)
+        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
         with exclusive(describer) as passes:
             got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
             spent = passes()
