@@ -8,12 +8,11 @@ its files, so that retraining or editing a model in place is a new key.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from pathlib import Path
 
 from backends.base import DescriberUnavailable
+from backends.content import dir_content_hash
 from backends.device import pick_device, pick_dtype
 
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
@@ -108,30 +107,6 @@ def _resolve(repo: str, cache: Path, offline: bool) -> str:
 def resolve_revision(repo: str) -> str:
     """The commit `main` of a hub repo points to; never asks the network when HF_HUB_OFFLINE=1."""
     return _resolve(repo, hub_cache(), _offline())
-
-
-@functools.cache
-def _hash_files(root: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in stamp:
-        digest.update(name.encode() + b"\0")
-        with open(os.path.join(root, name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def dir_content_hash(path: Path) -> str:
-    """sha256 over the names and contents of every file (config, weights, processor, chat template);
-    computed once per process while no file's size or mtime changes."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
-    stamp = tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return "sha256:" + _hash_files(str(path), stamp)
 
 
 def settings_for(spec: str, max_new_tokens: int, revision: str | None = None) -> dict[str, object]:

@@ -30,6 +30,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,15 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from backends.base import TextEmbeddings
+from backends.content import content_hash
 from backends.device import pick_device
+from storage.errors import BadParameter
 
 _SCHEMES = ("local-dir:", "hf-hub:")
 ACTIVATIONS = {"quickgelu": True, "gelu": False}  # the `#` suffix that forces an activation
 PRECISIONS = {"fp32": None, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}  # the `+` suffix
 PRECISION_ENV = "WDYS_CLIP_PRECISION"
+CONTENT_MARK = "@sha256-"  # what follows a local checkpoint's or folder's path: its content hash
 
 
 def split_precision(spec: str) -> tuple[str, str]:
@@ -88,10 +92,18 @@ def split_activation(spec: str) -> tuple[str, bool | None]:
     return base, ACTIVATIONS[suffix]
 
 
+def split_content(spec: str) -> tuple[str, str | None]:
+    """`<weights>@sha256-<12 hex>` -> (`<weights>`, the digest); no mark -> (spec, None)."""
+    base, sep, digest = spec.rpartition(CONTENT_MARK)
+    if sep and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest):
+        return base, digest
+    return spec, None
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """`<arch>/<pretrained>` split at the first '/', or a whole `local-dir:`/`hf-hub:` model name
-    (an activation or precision suffix is not part of either)."""
-    spec, _ = split_activation(split_precision(spec)[0])
+    (an activation, precision or content suffix is not part of either)."""
+    spec, _ = split_content(split_activation(split_precision(spec)[0])[0])
     if spec.startswith(_SCHEMES):
         return spec, None
     arch, _, pretrained = spec.partition("/")
@@ -109,6 +121,42 @@ def _tag_quick_gelu(arch: str, cfg: dict) -> bool:
     if "quick_gelu" in cfg:
         return bool(cfg["quick_gelu"])
     return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+
+
+def local_weights(spec: str) -> Path | None:
+    """The checkpoint file or `local-dir:` folder a spec loads, or None (a tag, an `hf-hub:` id)."""
+    arch, pretrained = parse_spec(spec)
+    if pretrained is None:
+        return Path(arch.removeprefix("local-dir:")) if arch.startswith("local-dir:") else None
+    return Path(pretrained) if not pretrained.startswith("hf-hub:") and Path(pretrained).is_file() else None
+
+
+def _weights_digest(path: Path) -> str:
+    return content_hash(path).removeprefix("sha256:")[:12]
+
+
+def with_content(spec: str) -> str:
+    """The spec with its local weights' content hash after their path (`ViT-B-32//w.pt@sha256-<12
+    hex>#gelu+amp-bf16`): the cache identity of weights that live at a path, so that a checkpoint
+    or folder retrained in place is a new key. Tags and hub ids are unchanged."""
+    path = local_weights(spec)
+    if path is None:
+        return spec
+    rest = split_precision(spec)[0]
+    core = split_activation(rest)[0]
+    precision, activation = spec[len(rest) :], rest[len(core) :]
+    return f"{split_content(core)[0]}{CONTENT_MARK}{_weights_digest(path)}{activation}{precision}"
+
+
+def check_content(spec: str) -> None:
+    """Refuses weights that changed since the run's key named their content (`with_content`)."""
+    digest = split_content(split_activation(split_precision(spec)[0])[0])[1]
+    path = local_weights(spec)
+    if digest is not None and path is not None and _weights_digest(path) != digest:
+        raise BadParameter(
+            f"open_clip weights {str(path)!r} changed since this run was keyed ({digest} -> "
+            f"{_weights_digest(path)}); nothing is stored: run the flow again to key the new weights"
+        )
 
 
 def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
@@ -212,7 +260,9 @@ class OpenClipEncoder:
 
     @classmethod
     def load(cls, spec: str, batch_size: int = 64) -> OpenClipEncoder:
-        """Runs at the precision the spec's suffix names (float32 without one)."""
+        """Runs at the precision the spec's suffix names (float32 without one), on the weights whose
+        content the spec's content mark names, if it has one."""
+        check_content(spec)
         name, pretrained = parse_spec(spec)
         device = pick_device()
         model, _, preprocess = open_clip.create_model_and_transforms(

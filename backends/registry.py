@@ -56,15 +56,17 @@ def validate_encoder_id(model_id: str) -> None:
 def encoder_identity(model_id: str) -> str:
     """The id an encoder's outputs are cached under, with what it computes at made explicit: an
     open_clip id gains its precision (`+amp-bf16` under autocast on CUDA; nothing in float32, see
-    `backends.open_clip_encoder.identity`). The flow resolves each encoder id once with this, then
-    uses the result everywhere (keys and loading), so that the key says what was computed."""
+    `backends.open_clip_encoder.identity`) and, for a local checkpoint or `local-dir:` folder, the
+    content hash of its weights (`with_content`; a worker refuses weights changed since). The flow
+    resolves each encoder id once with this, then uses the result everywhere (keys and loading), so
+    that the key says what was computed."""
     validate_encoder_id(model_id)
     scheme, spec = split_model_id(model_id)
     if scheme != "open_clip":
         return model_id
-    from backends.open_clip_encoder import identity
+    from backends.open_clip_encoder import identity, with_content
 
-    return f"{scheme}:{identity(spec)}"
+    return f"{scheme}:{with_content(identity(spec))}"
 
 
 def validate_describer_id(model_id: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backends.open_clip_encoder import OpenClipEncoder, identity, split_precision
+from backends.open_clip_encoder import OpenClipEncoder, identity, split_precision, with_content
 from backends.registry import encoder_identity, validate_encoder_id
 
 CLASSES = ["cat", "dog", "car", "tree", "boat"]
@@ -91,7 +91,8 @@ def test_autocast_is_another_identity_and_runs_in_low_precision(vit_b32: str) ->
 
 def test_precision_switch_and_device_default(vit_b32: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WDYS_CLIP_PRECISION", "amp-fp16")
-    assert encoder_identity("open_clip:" + vit_b32) == f"open_clip:{vit_b32}+amp-fp16"
+    # a local checkpoint's id also names its content (test_backend_open_clip), before the precision
+    assert encoder_identity("open_clip:" + vit_b32) == f"open_clip:{with_content(vit_b32)}+amp-fp16"
     assert identity(vit_b32 + "+fp32") == vit_b32  # an explicit suffix wins over the variable
     monkeypatch.setenv("WDYS_CLIP_PRECISION", "fp32")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # no GPU here: simulated
