@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import test_backend_hf_failures as hf_failures
 from fake_chat_server import FakeChatServer, serving
-from tiny_vlms import build
 
 from backends import registry
 from backends.base import DescriberUnavailable
@@ -23,18 +23,8 @@ from tasks.ingest import ingest_shard
 from tasks.plan import Shard
 
 REVISION, NEWER = "1" * 40, "2" * 40
+model_dir, on_cpu = hf_failures.model_dir, hf_failures.on_cpu  # the tiny VLM; on the CPU, offline
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build("llava", tmp_path_factory.mktemp("tiny-llava"))
-
-
-@pytest.fixture(autouse=True)
-def on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WDYS_DEVICE", "cpu")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def a_shard(root: str) -> Shard:
@@ -42,6 +32,18 @@ def a_shard(root: str) -> Shard:
     shard = Shard(Selection("cifar10", "dev", 4, None, 4), 0, (0, 1, 2, 3), NAMES)
     ingest_shard.fn(root, shard)
     return shard
+
+
+def two_revisions(model_dir: Path, home: Path, repo: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private offline hub cache holding `repo` at two commits, `main` at the first; its ref file."""
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    for revision in (REVISION, NEWER):
+        shutil.copytree(model_dir, folder / "snapshots" / revision)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(REVISION)
+    return folder / "refs" / "main"
 
 
 def refused(call: object) -> str:
@@ -53,31 +55,19 @@ def refused(call: object) -> str:
 
 def test_a_revision_that_changes_on_disk_is_seen(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A download that moves `refs/main` between two runs of one long-lived process is a new key."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    repo = tmp_path / "hub" / "models--tiny-org--moving"
-    for revision in (REVISION, NEWER):
-        shutil.copytree(model_dir, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
+    main = two_revisions(model_dir, tmp_path, "tiny-org/moving", monkeypatch)
     assert settings_for("tiny-org/moving", 4)["revision"] == REVISION
 
-    (repo / "refs" / "main").write_text(NEWER)
+    main.write_text(NEWER)
 
     assert settings_for("tiny-org/moving", 4)["revision"] == NEWER
 
 
 def test_hf_worker_loads_the_keys_revision(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """The worker answers at the revision the flow resolved, whatever its own cache says now."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    repo = tmp_path / "hub" / "models--tiny-org--pinned-by-key"
-    for revision in (REVISION, NEWER):
-        shutil.copytree(model_dir, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
+    main = two_revisions(model_dir, tmp_path, "tiny-org/pinned-by-key", monkeypatch)
     source = answer_source("hf:tiny-org/pinned-by-key", 4, 1, None)
-    (repo / "refs" / "main").write_text(NEWER)  # the model changed on disk after the flow resolved it
+    main.write_text(NEWER)  # the model changed on disk after the flow resolved it
 
     describer = registry.load_describer(source.describer, 4, source.settings)
 
