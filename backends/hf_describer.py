@@ -120,7 +120,7 @@ class HFDescriber:
         """Loads eagerly (the revision the key names) so that a wrong id fails the run up front.
         `keyed`: the settings a run's key holds (resolved on the flow's machine): the model loads at
         their revision, and a worker that would answer otherwise (another dtype on another device, a
-        local dir edited since) refuses (`backends.registry.same_settings`)."""
+        local dir edited since) refuses (`backends.base.same_settings`)."""
         if spec in _load_failures:
             raise _load_failures[spec]
         settings = settings_for(spec, max_new_tokens, keyed and str(keyed["revision"]))
