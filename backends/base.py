@@ -8,7 +8,8 @@ shard's worth of inputs and the backend batches internally as suits its hardware
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +24,22 @@ class DescriberUnavailable(UserError):
     unreachable server, a model that does not load or runs out of memory. The task fails at once
     with this message (naming the server's reason and what to check), is not retried, and nothing
     of it is stored: storing it would turn a wrong key into plausible numbers, cached for good."""
+
+
+def same_settings(model_id: str, keyed: Mapping[str, object], here: Mapping[str, object]) -> None:
+    """Refuses (`DescriberUnavailable`) when this process would answer with other settings than the
+    ones a run's key holds, made on the flow's machine: a CPU-only flow host and a GPU worker, or a
+    worker with another endpoint, would otherwise store answers under a key that does not say how
+    they were made."""
+    keyed, here = (json.loads(json.dumps(s, sort_keys=True, default=str)) for s in (keyed, here))
+    differing = sorted(k for k in keyed.keys() | here.keys() if keyed.get(k) != here.get(k))
+    if differing:
+        name = differing[0]
+        raise DescriberUnavailable(
+            f"describer {model_id}: this worker would answer with {name} {here.get(name)!r}, but the "
+            f"run's key (made on the flow's machine) says {keyed.get(name)!r}; nothing is stored: run "
+            "the flow on a machine whose device and environment match its workers'"
+        )
 
 
 @dataclass(frozen=True)

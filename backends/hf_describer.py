@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from backends import hf_resident
-from backends.base import Answer, DescriberUnavailable, sample_seed
+from backends.base import Answer, DescriberUnavailable, same_settings, sample_seed
 from backends.device import pick_device, pick_dtype
 from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
 from backends.hf_spec import (
@@ -125,12 +125,23 @@ class HFDescriber:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: str, max_new_tokens: int = 77, batch_size: int | None = None) -> HFDescriber:
-        """Loads eagerly (the revision the key names) so that a wrong id fails the run up front."""
+    def load(
+        cls,
+        spec: str,
+        max_new_tokens: int = 77,
+        batch_size: int | None = None,
+        keyed: dict[str, object] | None = None,
+    ) -> HFDescriber:
+        """Loads eagerly (the revision the key names) so that a wrong id fails the run up front.
+        `keyed`: the settings a run's key holds (resolved on the flow's machine): the model loads at
+        their revision, and a worker that would answer otherwise (another dtype on another device, a
+        local dir edited since) refuses (`backends.base.same_settings`)."""
         if spec in _load_failures:
             raise _load_failures[spec]
+        settings = settings_for(spec, max_new_tokens, keyed and str(keyed["revision"]))
+        if keyed is not None:
+            same_settings(f"hf:{spec}", keyed, settings)
         try:
-            settings = settings_for(spec, max_new_tokens)
             with hf_resident.loading(str(pick_device())):
                 processor, model = _from_pretrained(spec, settings)
                 size = batch_size if batch_size is not None else batch_size_setting()

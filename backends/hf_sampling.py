@@ -2,9 +2,12 @@
 
 `generate(do_sample=True)` draws every row from one global RNG, so a sample depends on what else is
 in the batch and on the batch size. Instead each row gets its own generator, seeded by
-`backends.base.sample_seed`, whose Gumbel noise is added to logits / T before the greedy argmax:
-argmax(logits / T + Gumbel) is an exact draw from softmax(logits / T) (the Gumbel-max trick), and
-row r's noise at step k depends only on its seed and k.
+`backends.base.sample_seed`, and the sampler adds Gumbel noise -log(E), E ~ Exp(1), to logits / T
+before the greedy argmax: argmax(logits / T + Gumbel) is an exact draw from softmax(logits / T) over
+the whole vocabulary (the Gumbel-max trick; no top-k, top-p 1), and row r's noise at step k depends
+only on its seed, k and the device type. The noise is drawn in float32 by generators on the scores'
+own device: no float64 draw on the CPU and no copy to the GPU at every step (benchmarks.bench
+`sampler` times it against plain multinomial sampling).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, PreTrainedModel
 
+_TINY = torch.finfo(torch.float32).tiny  # Exp(1) draws of exactly 0 would give infinite noise
+
 
 class SeededGumbel(LogitsProcessor):
     """Turns greedy decoding into temperature sampling with one seeded generator per row."""
@@ -22,16 +27,22 @@ class SeededGumbel(LogitsProcessor):
         if temperature <= 0:
             raise ValueError("temperature must be positive")
         self.temperature = temperature
-        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.seeds = [int(seed) for seed in seeds]
+        self._generators: dict[torch.device, list[torch.Generator]] = {}
+
+    def generators_on(self, device: torch.device) -> list[torch.Generator]:
+        """The rows' generators on `device`, made (and seeded) the first time it is asked for."""
+        if device not in self._generators:
+            self._generators[device] = [torch.Generator(device).manual_seed(s) for s in self.seeds]
+        return self._generators[device]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[0] != len(self.generators):
-            raise ValueError(f"{scores.shape[0]} rows for {len(self.generators)} seeds")
-        vocab = scores.shape[-1]
-        # Drawn on the CPU so that a row's noise is the same on every device.
-        uniform = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-300)))
-        return scores.float() / self.temperature + gumbel.to(scores.device, torch.float32)
+        if scores.shape[0] != len(self.seeds):
+            raise ValueError(f"{scores.shape[0]} rows for {len(self.seeds)} seeds")
+        noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+        for row, generator in zip(noise, self.generators_on(scores.device), strict=True):
+            row.exponential_(generator=generator)
+        return scores.float() / self.temperature - noise.clamp_(min=_TINY).log_()
 
 
 def eos_ids(model: PreTrainedModel) -> set[int]:

@@ -1,18 +1,18 @@
 """What an `hf:` model id names, and the settings it implies (the cache key), without loading it.
 
 `hf:org/repo@rev` pins a revision; `hf:org/repo` is keyed by the commit its `main` points to (asked
-of the hub when online, else read from the local HF cache, else "unresolved"); a local dir is keyed
-by a content hash of its files, so that retraining or editing a model in place is a new key.
+of the hub when online, else read from the local HF cache, else "unresolved"), resolved on the
+flow's machine and loaded at that commit by every task; a local dir is keyed by a content hash of
+its files, so that retraining or editing a model in place is a new key.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from pathlib import Path
 
 from backends.base import DescriberUnavailable
+from backends.content import dir_content_hash
 from backends.device import pick_device, pick_dtype
 
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
@@ -87,9 +87,10 @@ def hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-@functools.cache
 def _resolve(repo: str, cache: Path, offline: bool) -> str:
-    """Once per process and repo, so that a download during the run cannot change the key."""
+    """Asked again at every call (once per describer and run, on the flow's machine), so that a
+    long-lived process sees a download that moved `main`; the run's tasks load the revision its key
+    names, so a download during the run cannot change what they answer with."""
     if not offline:
         try:
             from huggingface_hub import HfApi
@@ -108,32 +109,10 @@ def resolve_revision(repo: str) -> str:
     return _resolve(repo, hub_cache(), _offline())
 
 
-@functools.cache
-def _hash_files(root: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in stamp:
-        digest.update(name.encode() + b"\0")
-        with open(os.path.join(root, name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def dir_content_hash(path: Path) -> str:
-    """sha256 over the names and contents of every file (config, weights, processor, chat template);
-    computed once per process while no file's size or mtime changes."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
-    stamp = tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return "sha256:" + _hash_files(str(path), stamp)
-
-
-def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
-    """Everything the answers depend on, without loading the model: it becomes the cache key."""
+def settings_for(spec: str, max_new_tokens: int, revision: str | None = None) -> dict[str, object]:
+    """Everything the answers depend on, without loading the model: it becomes the cache key.
+    `revision`: the hub commit a run's key already names (a worker loads that one, not what `main`
+    points to now); a local dir's content is hashed again whatever the key says."""
     name, pinned = parse_spec(spec)
     if is_local(name):
         path = Path(name).expanduser()
@@ -141,7 +120,7 @@ def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
             raise DescriberUnavailable(f"hf describer: model dir {name!r} does not exist; check the model id")
         revision = dir_content_hash(path)
     else:
-        revision = pinned or resolve_revision(name)
+        revision = pinned or revision or resolve_revision(name)
     batch_size()  # a bad setting fails here, before any shard
     settings: dict[str, object] = {
         "backend": "hf",

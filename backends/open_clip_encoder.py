@@ -5,7 +5,8 @@ Every model is built the way its weights were trained. OpenAI's CLIP weights (ev
 and any tag whose pretrained config says `quick_gelu`) were trained with QuickGELU, while open_clip
 builds the plain architecture names with GELU and only warns about the mismatch; the resulting
 baseline is not the published one. So the activation follows the weights: the tag's pretrained
-config, the tag an `hf-hub:` weight id belongs to, or the folder's own config; a local checkpoint
+config (where it is silent, the architecture's config), the tag an `hf-hub:` weight id belongs to,
+or the folder's own config; a local checkpoint
 file follows its architecture name (`ViT-B-32-quickgelu` for OpenAI's weights). A suffix forces
 either: `open_clip:ViT-B-32/openai#gelu`, `open_clip:ViT-B-32//ckpt.pt#quickgelu`.
 
@@ -29,6 +30,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,12 +41,15 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from backends.base import TextEmbeddings
+from backends.content import content_hash
 from backends.device import pick_device
+from storage.errors import BadParameter
 
 _SCHEMES = ("local-dir:", "hf-hub:")
 ACTIVATIONS = {"quickgelu": True, "gelu": False}  # the `#` suffix that forces an activation
 PRECISIONS = {"fp32": None, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}  # the `+` suffix
 PRECISION_ENV = "WDYS_CLIP_PRECISION"
+CONTENT_MARK = "@sha256-"  # what follows a local checkpoint's or folder's path: its content hash
 
 
 def split_precision(spec: str) -> tuple[str, str]:
@@ -87,10 +92,18 @@ def split_activation(spec: str) -> tuple[str, bool | None]:
     return base, ACTIVATIONS[suffix]
 
 
+def split_content(spec: str) -> tuple[str, str | None]:
+    """`<weights>@sha256-<12 hex>` -> (`<weights>`, the digest); no mark -> (spec, None)."""
+    base, sep, digest = spec.rpartition(CONTENT_MARK)
+    if sep and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest):
+        return base, digest
+    return spec, None
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """`<arch>/<pretrained>` split at the first '/', or a whole `local-dir:`/`hf-hub:` model name
-    (an activation or precision suffix is not part of either)."""
-    spec, _ = split_activation(split_precision(spec)[0])
+    (an activation, precision or content suffix is not part of either)."""
+    spec, _ = split_content(split_activation(split_precision(spec)[0])[0])
     if spec.startswith(_SCHEMES):
         return spec, None
     arch, _, pretrained = spec.partition("/")
@@ -100,6 +113,50 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             "or 'hf-hub:<repo>'; refusing to run an architecture with random weights"
         )
     return arch, pretrained
+
+
+def _tag_quick_gelu(arch: str, cfg: dict) -> bool:
+    """What a tag's pretrained config says; where it says nothing, the architecture's own config
+    decides (`roberta-ViT-B-32/laion2b_s12b_b32k`: a silent tag on a QuickGELU architecture)."""
+    if "quick_gelu" in cfg:
+        return bool(cfg["quick_gelu"])
+    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+
+
+def local_weights(spec: str) -> Path | None:
+    """The checkpoint file or `local-dir:` folder a spec loads, or None (a tag, an `hf-hub:` id)."""
+    arch, pretrained = parse_spec(spec)
+    if pretrained is None:
+        return Path(arch.removeprefix("local-dir:")) if arch.startswith("local-dir:") else None
+    return Path(pretrained) if not pretrained.startswith("hf-hub:") and Path(pretrained).is_file() else None
+
+
+def _weights_digest(path: Path) -> str:
+    return content_hash(path).removeprefix("sha256:")[:12]
+
+
+def with_content(spec: str) -> str:
+    """The spec with its local weights' content hash after their path (`ViT-B-32//w.pt@sha256-<12
+    hex>#gelu+amp-bf16`): the cache identity of weights that live at a path, so that a checkpoint
+    or folder retrained in place is a new key. Tags and hub ids are unchanged."""
+    path = local_weights(spec)
+    if path is None:
+        return spec
+    rest = split_precision(spec)[0]
+    core = split_activation(rest)[0]
+    precision, activation = spec[len(rest) :], rest[len(core) :]
+    return f"{split_content(core)[0]}{CONTENT_MARK}{_weights_digest(path)}{activation}{precision}"
+
+
+def check_content(spec: str) -> None:
+    """Refuses weights that changed since the run's key named their content (`with_content`)."""
+    digest = split_content(split_activation(split_precision(spec)[0])[0])[1]
+    path = local_weights(spec)
+    if digest is not None and path is not None and _weights_digest(path) != digest:
+        raise BadParameter(
+            f"open_clip weights {str(path)!r} changed since this run was keyed ({digest} -> "
+            f"{_weights_digest(path)}); nothing is stored: run the flow again to key the new weights"
+        )
 
 
 def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
@@ -113,10 +170,10 @@ def trained_quick_gelu(arch: str, pretrained: str | None) -> bool | None:
         for tag in open_clip.list_pretrained_tags_by_model(arch):
             cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
             if cfg.get("hf_hub", "").strip("/") == wanted:
-                return bool(cfg.get("quick_gelu", False))
+                return _tag_quick_gelu(arch, cfg)
         return None
     cfg = open_clip.pretrained.get_pretrained_cfg(arch, pretrained)
-    return bool(cfg.get("quick_gelu", False)) if cfg else None
+    return _tag_quick_gelu(arch, cfg) if cfg else None
 
 
 def activation_kwargs(spec: str) -> dict[str, bool]:
@@ -203,7 +260,9 @@ class OpenClipEncoder:
 
     @classmethod
     def load(cls, spec: str, batch_size: int = 64) -> OpenClipEncoder:
-        """Runs at the precision the spec's suffix names (float32 without one)."""
+        """Runs at the precision the spec's suffix names (float32 without one), on the weights whose
+        content the spec's content mark names, if it has one."""
+        check_content(spec)
         name, pretrained = parse_spec(spec)
         device = pick_device()
         model, _, preprocess = open_clip.create_model_and_transforms(

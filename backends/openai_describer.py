@@ -12,7 +12,9 @@ Settings come from the environment (read again by every `settings_for` and `load
 - WDYS_OPENAI_TOKEN_PARAM: `max_tokens` (default) or `max_completion_tokens` (OpenAI's reasoning
   models). Without it, a 400 that rejects `max_tokens` switches this describer to the other name.
 - WDYS_OPENAI_TEMPERATURE=omit sends no temperature (models that only take their default). Without
-  it, a 400 that rejects the temperature makes this describer stop sending one.
+  it, a 400 that rejects the temperature makes this describer stop sending one. A sampled class
+  description sends `top_p: 1` beside its temperature, so that a server's generation defaults (vLLM
+  applies the model's `generation_config.json`) cannot narrow the samples.
 - WDYS_OPENAI_EXTRA_BODY: a JSON object merged into every request body, e.g.
   `{"reasoning_effort": "low"}` or a Gemini thinking budget. It is part of the cache key.
 
@@ -280,6 +282,8 @@ class OpenAIDescriber:
         request[self._token_param] = self.max_new_tokens
         if self._send_temperature:
             request["temperature"] = temperature
+            if seed is not None:  # a sample: from the whole distribution, whatever the server's defaults
+                request["top_p"] = 1
         if seed is not None:
             request["seed"] = seed
         if self._extra_body:

@@ -13,11 +13,12 @@ nothing is loaded until a shard actually needs computing.
 
 from __future__ import annotations
 
+import json
 import threading
 from functools import cache
 from pathlib import Path
 
-from backends.base import Describer, Encoder
+from backends.base import Describer, Encoder, same_settings
 from storage.errors import BadParameter
 
 ENCODER_SCHEMES = ("open_clip", "offline")
@@ -55,15 +56,17 @@ def validate_encoder_id(model_id: str) -> None:
 def encoder_identity(model_id: str) -> str:
     """The id an encoder's outputs are cached under, with what it computes at made explicit: an
     open_clip id gains its precision (`+amp-bf16` under autocast on CUDA; nothing in float32, see
-    `backends.open_clip_encoder.identity`). The flow resolves each encoder id once with this, then
-    uses the result everywhere (keys and loading), so that the key says what was computed."""
+    `backends.open_clip_encoder.identity`) and, for a local checkpoint or `local-dir:` folder, the
+    content hash of its weights (`with_content`; a worker refuses weights changed since). The flow
+    resolves each encoder id once with this, then uses the result everywhere (keys and loading), so
+    that the key says what was computed."""
     validate_encoder_id(model_id)
     scheme, spec = split_model_id(model_id)
     if scheme != "open_clip":
         return model_id
-    from backends.open_clip_encoder import identity
+    from backends.open_clip_encoder import identity, with_content
 
-    return f"{scheme}:{identity(spec)}"
+    return f"{scheme}:{with_content(identity(spec))}"
 
 
 def validate_describer_id(model_id: str) -> None:
@@ -98,9 +101,12 @@ def load_encoder(model_id: str) -> Encoder:
         return _load_encoder(model_id)
 
 
-def load_describer(model_id: str, max_new_tokens: int = 77) -> Describer:
+def load_describer(model_id: str, max_new_tokens: int = 77, settings: str | None = None) -> Describer:
+    """`settings`: the JSON a run's key was made from (`storage.keys.AnswerSource.settings`, resolved
+    on the flow's machine). The describer answers with exactly those (an `hf:` model at their
+    revision), or refuses with `DescriberUnavailable` where this process would answer otherwise."""
     with _load_lock:
-        return _load_describer(model_id, max_new_tokens)
+        return _load_describer(model_id, max_new_tokens, settings)
 
 
 def computes_locally(model_id: str) -> bool:
@@ -148,17 +154,22 @@ def _load_encoder(model_id: str) -> Encoder:
 
 
 @cache
-def _load_describer(model_id: str, max_new_tokens: int) -> Describer:
+def _load_describer(model_id: str, max_new_tokens: int, settings: str | None) -> Describer:
     validate_describer_id(model_id)
     scheme, spec = split_model_id(model_id)
+    keyed = None if settings is None else json.loads(settings)
     if scheme == "hf":
         from backends.hf_describer import HFDescriber
 
-        return HFDescriber.load(spec, max_new_tokens=max_new_tokens)
+        return HFDescriber.load(spec, max_new_tokens=max_new_tokens, keyed=keyed)
     if scheme == "openai":
         from backends.openai_describer import OpenAIDescriber
 
-        return OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
-    from backends.offline import load_offline_describer
+        describer: Describer = OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
+    else:
+        from backends.offline import load_offline_describer
 
-    return load_offline_describer(spec)
+        describer = load_offline_describer(spec)
+    if keyed is not None:
+        same_settings(model_id, keyed, describer.settings())
+    return describer

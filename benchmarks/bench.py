@@ -18,7 +18,9 @@ Sections (issue "Performance"; results and the machine they ran on go in docs/BE
 - queries: the metrics view over 1M, 3M and 10M synthetic prediction rows (target: < 10 s at 10M,
   linear in rows);
 - offline: the offline encoder's images/s through `encode_images` against its raw forward passes,
-  at several batch sizes, with and without channels_last (benchmarks.offline_trials tries more).
+  at several batch sizes, with and without channels_last (benchmarks.offline_trials tries more);
+- sampler: the seeded class-description sampler's time per decoding step against plain multinomial
+  sampling at batch 16 with a 262k vocabulary (target: <= 1.5x), on the CPU and on a GPU if any.
 """
 
 from __future__ import annotations
@@ -338,6 +340,53 @@ def describer(images: int, max_new_tokens: int, on_cpu: bool = False) -> list[di
     return describer_bench.report(rows)
 
 
+def _step_seconds(step: Callable[[], torch.Tensor], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _sampler_sides(seeded: Callable, scores: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """One decoding step's token choice: by the seeded sampler, and by plain multinomial sampling."""
+    ids = torch.zeros(scores.shape[0], 1, dtype=torch.long, device=scores.device)
+    return {
+        "seeded": lambda: seeded(ids, scores).argmax(-1),
+        "multinomial": lambda: torch.multinomial(torch.softmax(scores / 0.99, dim=-1), 1),
+    }
+
+
+def sampler(batch: int = 16, vocab: int = 262_144, steps: int = 30) -> list[dict]:
+    """The seeded class-description sampler (`backends.hf_sampling.SeededGumbel`) against plain
+    multinomial sampling (softmax, then `torch.multinomial`) per decoding step at batch 16 and
+    Gemma-3's 262k vocabulary, alternating step by step, the median of each (target: <= 1.5x), on
+    the CPU and, where there is one, the GPU."""
+    from backends.hf_sampling import SeededGumbel
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if len(devices) == 1:
+        print("  GPU: not measured, no device on this machine")
+    figures = []
+    for device in devices:
+        sides = _sampler_sides(SeededGumbel(range(batch), 0.99), torch.randn(batch, vocab, device=device))
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for step in range(steps + 2):  # the first two of each warm up
+            for name, side in sides.items():
+                spent = _step_seconds(side, device)
+                if step >= 2:
+                    times[name].append(spent)
+        seeded_s, plain_s = (float(np.median(times[n])) for n in ("seeded", "multinomial"))
+        ratio = seeded_s / plain_s
+        raw = f"{seeded_s * 1e3:.2f} ms vs {plain_s * 1e3:.2f} ms per step, batch {batch}, vocab {vocab}"
+        figures.append(
+            verdict(f"sampler step / multinomial ({device.type})", ratio, "<= 1.5x", ratio <= 1.5, raw)
+        )
+    return figures
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "served": lambda a: served_figure(a.served_images),
     "clip_benchmark": lambda a: clip_compare(images=a.clip_images, runs=a.clip_runs),
@@ -346,6 +395,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "describer": lambda a: describer(a.describer_images, a.describer_tokens, a.describer_on_cpu),
     "queries": lambda a: queries(),
     "offline": lambda a: offline(),
+    "sampler": lambda a: sampler(),
 }
 
 

@@ -166,7 +166,8 @@ def benchmark(
                 texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
                 stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
     results = progress.wait(run.futures)
-    record_keys(root, [p.selection for p in plans], encoders, [s for s in sources if s], class_weights)
+    selections, names = [p.selection for p in plans], [p.class_names for p in plans]
+    record_keys(root, selections, names, encoders, [s for s in sources if s], class_weights)
     rows = evaluate(root, run.runs)
     return summarize(rows, results, root, report_task(root, run.runs), time.perf_counter() - started)
 

@@ -188,4 +188,4 @@ def classify(
                     )
                 ]
             )
-        run.runs.append(run_keys(plan.selection, encoder, source, weighting))
+        run.runs.append(run_keys(plan.selection, plan.class_names, encoder, source, weighting))

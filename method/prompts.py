@@ -21,7 +21,8 @@ PREDICTION_PROMPT = (
     "Answer using a single word if possible. Here are the class labels: {classes}"
 )
 
-# CuPL-style class-description prompts (text only, several samples each).
+# CuPL's five ImageNet base prompts (text only, several samples each), reworded where docs/protocol.md
+# says: always "a", a length instruction, "A short caption".
 CLASS_DESCRIPTION_PROMPTS = (
     "Describe what a {c} looks like in one or two sentences",
     "How can you identify a {c} in one or two sentences?",
@@ -30,7 +31,7 @@ CLASS_DESCRIPTION_PROMPTS = (
     "A short caption of an image of a {c}:",
 )
 
-# The authors' code averages 50 class descriptions per class: 10 samples of each of the 5 prompts.
+# 50 class descriptions per class, as CuPL samples them for ImageNet: 10 of each of its 5 prompts.
 CLASS_DESCRIPTIONS_PER_CLASS = 50
 
 SINGLE_TEMPLATE = "A photo of {c}"

@@ -27,10 +27,6 @@ RESAMPLES = 10_000
 LEVEL = 0.95
 
 
-def gain_points(n: int, b: int, c: int) -> float:
-    return 100.0 * (c - b) / n if n else float("nan")
-
-
 def mcnemar_exact_p(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts b and c."""
     m, k = b + c, min(b, c)

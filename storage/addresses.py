@@ -4,8 +4,10 @@ it reads cannot disagree."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from method.fusion import WEIGHTINGS
-from storage.keys import NO_ANSWERS, AnswerSource, Selection, run_keys
+from storage.keys import NO_ANSWERS, AnswerSource, Selection, classes_key, run_keys
 from storage.paths import shard_path
 from storage.schemas import (
     CLASS_DESCRIPTIONS,
@@ -23,10 +25,17 @@ def manifest_shard(root: str, selection: Selection, index: int) -> str:
 
 
 def answers_shard(
-    root: str, selection: Selection, source: AnswerSource, kind: str, index: int, encoder: str | None = None
+    root: str,
+    selection: Selection,
+    class_names: Sequence[str],
+    source: AnswerSource,
+    kind: str,
+    index: int,
+    encoder: str | None = None,
 ) -> str:
     """A describer's answers of one kind; `encoder` ranks a shortlisted prediction's classes."""
-    return shard_path(root, DESCRIPTIONS, {**selection.keys(), **source.answer_keys(kind, encoder)}, index)
+    keys = {**selection.keys(), **source.answer_keys(kind, class_names, encoder)}
+    return shard_path(root, DESCRIPTIONS, keys, index)
 
 
 def image_embeddings_shard(root: str, selection: Selection, encoder: str, index: int) -> str:
@@ -34,27 +43,49 @@ def image_embeddings_shard(root: str, selection: Selection, encoder: str, index:
 
 
 def text_embeddings_shard(
-    root: str, selection: Selection, encoder: str, source: AnswerSource, kind: str, index: int
+    root: str,
+    selection: Selection,
+    class_names: Sequence[str],
+    encoder: str,
+    source: AnswerSource,
+    kind: str,
+    index: int,
 ) -> str:
-    keys = {**selection.keys(), "encoder": encoder, **source.answer_keys(kind, encoder)}
+    keys = {**selection.keys(), "encoder": encoder, **source.answer_keys(kind, class_names, encoder)}
     return shard_path(root, TEXT_EMBEDDINGS, keys, index)
 
 
-def class_descriptions_shard(root: str, dataset: str, source: AnswerSource) -> str:
-    return shard_path(root, CLASS_DESCRIPTIONS, {"dataset": dataset, **source.class_keys()}, 0)
+def class_descriptions_shard(
+    root: str, dataset: str, class_names: Sequence[str], source: AnswerSource
+) -> str:
+    keys = {"dataset": dataset, "classes": classes_key(class_names), **source.class_keys()}
+    return shard_path(root, CLASS_DESCRIPTIONS, keys, 0)
 
 
 def class_weights_shard(
-    root: str, dataset: str, encoder: str, weighting: str, source: AnswerSource | None
+    root: str,
+    dataset: str,
+    class_names: Sequence[str],
+    encoder: str,
+    weighting: str,
+    source: AnswerSource | None,
 ) -> str:
     """`source` only counts for weightings made from class descriptions (see method.fusion)."""
     answers = source.class_keys() if source and WEIGHTINGS[weighting].needs_descriptions else NO_ANSWERS
-    keys = {"dataset": dataset, "encoder": encoder, "class_weights": weighting, **answers}
+    classes = classes_key(class_names)
+    keys = {"dataset": dataset, "classes": classes, "encoder": encoder, "class_weights": weighting, **answers}
     return shard_path(root, CLASS_WEIGHTS, keys, 0)
 
 
 def predictions_shard(
-    root: str, selection: Selection, encoder: str, source: AnswerSource | None, weighting: str, index: int
+    root: str,
+    selection: Selection,
+    class_names: Sequence[str],
+    encoder: str,
+    source: AnswerSource | None,
+    weighting: str,
+    index: int,
 ) -> str:
     """Without a source: the image-only baseline's predictions."""
-    return shard_path(root, PREDICTIONS, run_keys(selection, encoder, source, weighting), index)
+    keys = run_keys(selection, class_names, encoder, source, weighting)
+    return shard_path(root, PREDICTIONS, keys, index)

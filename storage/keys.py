@@ -6,6 +6,7 @@ A `Selection` fixes which rows of a dataset split a run covers and how they are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from method.prompts import (
@@ -58,17 +59,19 @@ class AnswerSource:
     def _gen(self) -> str:
         return content_hash({"settings": self.settings})
 
-    def answer_keys(self, kind: str, encoder: str | None = None) -> dict[str, str]:
-        """Keys of one kind of image answer. Descriptions never depend on the encoder; predictions
-        do only through a shortlist."""
-        prompt = DESCRIPTION_PROMPT if kind == "description" else PREDICTION_PROMPT
+    def answer_keys(
+        self, kind: str, class_names: Sequence[str], encoder: str | None = None
+    ) -> dict[str, str]:
+        """Keys of one kind of image answer. Descriptions depend on neither the class names nor the
+        encoder; predictions on the class names their prompt lists, and on the encoder only through
+        a shortlist."""
         shortlisted = kind == "prediction" and self.shortlist is not None
         if shortlisted and encoder is None:
             raise ValueError("a shortlisted prediction needs the encoder that ranks the classes")
         return {
             "describer": self.describer,
             "kind": kind,
-            "prompts": content_hash(prompt),
+            "prompts": answer_prompts_hash(kind, classes_key(class_names)),
             "gen": self._gen(),
             "shortlist": shortlist_key(f"top{self.shortlist}", encoder) if shortlisted else NONE,
         }
@@ -83,11 +86,30 @@ class AnswerSource:
         }
 
     def class_keys(self) -> dict[str, str]:
-        return {
-            "describer": self.describer,
-            "prompts": class_prompts_hash(),
-            "gen": content_hash({"settings": self.settings, "samples": self.class_samples}),
-        }
+        """Keys of the describer's class descriptions, besides the dataset and its `classes`."""
+        gen = {"settings": self.settings, "samples": self.class_samples, "sampler": CLASS_SAMPLER}
+        return {"describer": self.describer, "prompts": class_prompts_hash(), "gen": content_hash(gen)}
+
+
+def classes_key(class_names: Sequence[str]) -> str:
+    """The `classes` key: a hash of the class names in label order. Everything a name goes into
+    (class descriptions, class weights, the initial-prediction prompt, predictions) is keyed on it,
+    so renaming a class recomputes those and nothing else."""
+    return content_hash({"classes": list(class_names)})
+
+
+def answer_prompts_hash(kind: str, classes: str) -> str:
+    """An image answer's `prompts` key: the description prompt's hash (no class names), or that of
+    the initial-prediction prompt with the `classes` key of the names it lists."""
+    if kind == "description":
+        return content_hash(DESCRIPTION_PROMPT)
+    return content_hash({"prompt": PREDICTION_PROMPT, "classes": classes})
+
+
+# How class descriptions are sampled, beyond the describer's settings: 2 since issue 19 (`openai:`
+# sends top_p 1; `hf:` draws its seeded noise in float32 on the model's device, not in float64 on
+# the CPU, so its samples differ from those before).
+CLASS_SAMPLER = 2
 
 
 def shortlist_key(run_shortlist: str, encoder: str | None) -> str:
@@ -102,24 +124,30 @@ def run_answer_keys(run: dict[str, str]) -> list[dict[str, str]]:
     if partition_value(run["describer"]) == NONE or run["prompts"] != image_prompts_hash():
         return []
     keys = []
-    for kind, prompt in (("description", DESCRIPTION_PROMPT), ("prediction", PREDICTION_PROMPT)):
+    for kind in ("description", "prediction"):
         shortlist = run.get("shortlist", NONE)
         if kind == "prediction" and shortlist != NONE:
             shortlist = shortlist_key(shortlist, run["encoder"])
         else:
             shortlist = NONE
         data = {k: run[k] for k in ("dataset", "split", "subset", "describer", "gen")}
-        keys.append({**data, "kind": kind, "prompts": content_hash(prompt), "shortlist": shortlist})
+        prompts = answer_prompts_hash(kind, run["classes"])
+        keys.append({**data, "kind": kind, "prompts": prompts, "shortlist": shortlist})
     return keys
 
 
 def run_keys(
-    selection: Selection, encoder: str, source: AnswerSource | None, weighting: str
+    selection: Selection,
+    class_names: Sequence[str],
+    encoder: str,
+    source: AnswerSource | None,
+    weighting: str,
 ) -> dict[str, str]:
-    """The keys of one run (a `predictions` partition): data, encoder, answer source, weighting;
-    without a source, the image-only baseline's."""
+    """The keys of one run (a `predictions` partition): data, class names, encoder, answer source,
+    weighting; without a source, the image-only baseline's."""
     answers = source.run_keys() if source else IMAGE_ONLY_RUN
-    return {**selection.keys(), "encoder": encoder, **answers, "class_weights": weighting}
+    classes = classes_key(class_names)
+    return {**selection.keys(), "classes": classes, "encoder": encoder, **answers, "class_weights": weighting}
 
 
 NO_ANSWERS = {"describer": NONE, "prompts": NONE, "gen": NONE}

@@ -11,6 +11,19 @@ from storage.paths import partition_value
 
 OPENCLIP_TABLE = Path(__file__).with_name("reference") / "openclip_zeroshot_top1.csv"
 TOLERANCE_POINTS = 2.0  # a larger gap on the evaluation split points to a wrong build or class list
+# The precision suffixes of an open_clip encoder id (`backends.open_clip_encoder.PRECISIONS`) and how
+# the check names them. open_clip's table was made under autocast too, so any precision is compared.
+PRECISION_NAMES = {"fp32": "float32", "amp-bf16": "bf16 autocast", "amp-fp16": "fp16 autocast"}
+_PRECISION_SUFFIX = r"\+(" + "|".join(PRECISION_NAMES) + ")$"
+
+
+def split_encoder_precision(encoder: str) -> tuple[str, str]:
+    """An encoder's partition value without its precision suffix, and the precision's name:
+    `open_clip_ViT-L-14_openai+amp-bf16` -> (`open_clip_ViT-L-14_openai`, `bf16 autocast`)."""
+    base, sep, suffix = encoder.rpartition("+")
+    if sep and suffix in PRECISION_NAMES:
+        return base, PRECISION_NAMES[suffix]
+    return encoder, PRECISION_NAMES["fp32"]
 
 
 @cache
@@ -34,13 +47,15 @@ def published_top1() -> dict[tuple[str, str], float]:
 
 def published_sql() -> str:
     """The `published_baselines` view: every image-only `templates` row of `metrics` whose encoder
-    and dataset open_clip's table lists, with the published figure and the difference."""
+    (architecture and weights, whatever its precision suffix) and dataset open_clip's table lists,
+    with the published figure and the difference."""
     values = ", ".join(f"('{e}', '{d}', {v})" for (e, d), v in sorted(published_top1().items()))
     return f"""
 create or replace view published_baselines as
-with published(encoder, dataset, published_top1) as (values {values})
+with published(weights, dataset, published_top1) as (values {values})
 select m.dataset, m.split, m.subset, m.encoder, m.class_weights, m.components, m.n, m.top1,
        p.published_top1::double as published_top1, m.top1 - p.published_top1::double as difference
-from metrics m join published p using (encoder, dataset)
+from metrics m join published p
+  on p.weights = regexp_replace(m.encoder, '{_PRECISION_SUFFIX}', '') and p.dataset = m.dataset
 where m.components = 'image' and m.class_weights = 'templates'
 """

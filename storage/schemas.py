@@ -97,10 +97,12 @@ TEXT_EMBEDDINGS = Table(
     ),
 )
 
+# Class-dependent tables carry `classes`, a hash of the class names in label order (version 3 and
+# up, predictions 4): editing a user's class names recomputes exactly what the names go into.
 CLASS_DESCRIPTIONS = Table(
     "class_descriptions",
-    ("dataset",) + _ANSWER_KEYS,
-    2,
+    ("dataset", "classes") + _ANSWER_KEYS,
+    3,
     (
         pa.field("class_index", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
@@ -117,8 +119,8 @@ CLASS_DESCRIPTIONS = Table(
 
 CLASS_WEIGHTS = Table(
     "class_weights",
-    ("dataset", "encoder", "class_weights") + _ANSWER_KEYS,
-    2,
+    ("dataset", "classes", "encoder", "class_weights") + _ANSWER_KEYS,
+    3,
     (
         pa.field("class_index", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
@@ -130,8 +132,8 @@ CLASS_WEIGHTS = Table(
 
 PREDICTIONS = Table(
     "predictions",
-    _DATA_KEYS + ("encoder", "describer", "prompts", "gen", "shortlist", "class_weights"),
-    3,
+    _DATA_KEYS + ("classes", "encoder", "describer", "prompts", "gen", "shortlist", "class_weights"),
+    4,
     (
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),

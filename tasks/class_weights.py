@@ -44,7 +44,7 @@ def describe_classes(
 
     def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
         asked = [items[i] for i in todo]
-        describer = load_describer(source.describer, source.max_new_tokens)
+        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
         with exclusive(describer) as passes:
             answers = describer.describe_classes(
                 [prompts[c][p] for c, p, _ in asked],
@@ -72,7 +72,7 @@ def describe_classes(
         ]
         return pa.Table.from_pylist(table, schema=CLASS_DESCRIPTIONS.schema())
 
-    path = class_descriptions_shard(root, dataset, source)
+    path = class_descriptions_shard(root, dataset, class_names, source)
     return answer_shard(path, source.describer, ["class_index", "prompt_index", "sample"], items, ask, rows)
 
 
@@ -88,7 +88,8 @@ def _class_texts(
         return [clip_templates(c) for c in class_names]
     if source is None:
         raise ValueError("class descriptions need a describer")
-    table = read_table(class_descriptions_shard(root, dataset, source), columns=["class_index", "text"])
+    shard = class_descriptions_shard(root, dataset, class_names, source)
+    table = read_table(shard, columns=["class_index", "text"])
     found: list[list[str]] = [[] for _ in class_names]
     for index, text in zip(*(table.column(c).to_pylist() for c in ("class_index", "text")), strict=True):
         if text:
@@ -151,7 +152,8 @@ def ensure_class_weights(
         weights = combine_texts(recipe, groups)
         return _weights_table(class_names, weights, [len(t) for t in per_class], cut), spent
 
-    return cached_shard(class_weights_shard(root, dataset, encoder_id, weighting, source), compute)
+    path = class_weights_shard(root, dataset, class_names, encoder_id, weighting, source)
+    return cached_shard(path, compute)
 
 
 # The same function as a task of its own; `sum` calls the plain function for its three parts.

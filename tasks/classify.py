@@ -47,7 +47,9 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
         return components
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
     for kind in ("description", "prediction"):
-        texts = read_table(text_embeddings_shard(root, sel, encoder_id, source, kind, shard.index))
+        texts = read_table(
+            text_embeddings_shard(root, sel, shard.class_names, encoder_id, source, kind, shard.index)
+        )
         vectors = np.full_like(components["image"], np.nan)
         vectors[[order[i] for i in texts.column("image_id").to_pylist()]] = normalize(
             embeddings_or_nan(texts.column("embedding"))
@@ -61,12 +63,15 @@ def classify_shard(
     root: str, shard: Shard, encoder_id: str, source: AnswerSource | None, weighting: str
 ) -> ShardResult:
     sel = shard.selection
-    path = predictions_shard(root, sel, encoder_id, source, weighting, shard.index)
+    names = shard.class_names
+    path = predictions_shard(root, sel, names, encoder_id, source, weighting, shard.index)
 
     def compute():
         manifest = read_table(manifest_shard(root, sel, shard.index), columns=["image_id", "label"])
         components = load_components(root, shard, encoder_id, source)
-        weights = read_class_weights(class_weights_shard(root, sel.dataset, encoder_id, weighting, source))
+        weights = read_class_weights(
+            class_weights_shard(root, sel.dataset, names, encoder_id, weighting, source)
+        )
         columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
         for subset in component_subsets() if source else [("image",)]:
             queries, valid = fuse(components, subset)

@@ -67,7 +67,7 @@ def answer_images(
         answers = [Answer(None, error=e) for e in errors]
         if not ok:
             return answers, 0
-        describer = load_describer(source.describer, source.max_new_tokens)
+        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
         with exclusive(describer) as passes:
             got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
             spent = passes()
@@ -85,7 +85,7 @@ def answer_images(
 
 @describer_task("describe")
 def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
-    path = answers_shard(root, shard.selection, source, "description", shard.index)
+    path = answers_shard(root, shard.selection, shard.class_names, source, "description", shard.index)
     return answer_images(root, shard, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
 
 
@@ -93,7 +93,7 @@ def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> lis
     sel = shard.selection
     images = read_table(image_embeddings_shard(root, sel, encoder_id, shard.index))
     weights = read_class_weights(
-        class_weights_shard(root, sel.dataset, encoder_id, SHORTLIST_WEIGHTING, None)
+        class_weights_shard(root, sel.dataset, shard.class_names, encoder_id, SHORTLIST_WEIGHTING, None)
     )
     scores = logits(np.nan_to_num(normalize(embeddings_or_nan(images.column("embedding")))), weights)
     return shortlist(scores, k)
@@ -104,8 +104,8 @@ def predict_shard(
     root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
 ) -> ShardResult:
     """`encoder_id` ranks the shortlist; it is unused (and may be None) without one."""
-    path = answers_shard(root, shard.selection, source, "prediction", shard.index, encoder_id)
     names = shard.class_names
+    path = answers_shard(root, shard.selection, names, source, "prediction", shard.index, encoder_id)
     if exists(path):
         return ShardResult(path, computed=False)
     listed = (

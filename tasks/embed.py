@@ -61,11 +61,13 @@ def embed_texts_shard(
 ) -> ShardResult:
     """Embed one kind of answer ('description' or 'prediction') of one shard."""
     sel = shard.selection
-    path = text_embeddings_shard(root, sel, encoder_id, source, kind, shard.index)
+    names = shard.class_names
+    path = text_embeddings_shard(root, sel, names, encoder_id, source, kind, shard.index)
 
     def compute():
         answers = read_table(
-            answers_shard(root, sel, source, kind, shard.index, encoder_id), columns=["image_id", "text"]
+            answers_shard(root, sel, names, source, kind, shard.index, encoder_id),
+            columns=["image_id", "text"],
         )
         texts = answers.column("text").to_pylist()
         present = [t is not None for t in texts]

@@ -7,10 +7,11 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
+from sources.benchmarks import BENCHMARKS_BY_NAME
 from sources.registry import list_benchmarks
 from storage.analysis import run_rows
 from storage.catalog import connect, refresh_catalog
-from storage.reference import TOLERANCE_POINTS
+from storage.reference import TOLERANCE_POINTS, split_encoder_precision
 
 SHOWN = ("dataset", "split", "encoder", "describer", "class_weights", "components")
 FIGURES = ("n", "excluded", "partial", "top1", "top5", "mean_per_class_recall", "gain_top1")
@@ -36,18 +37,20 @@ def with_published(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> list[dic
 
 
 def baseline_checks(rows: list[dict]) -> list[str]:
-    """One line per image-only row with a published figure; a warning when a run of the dataset's
-    evaluation split is more than the tolerance away from it (a wrong build or class list)."""
-    eval_splits = {b.name: b.split for b in list_benchmarks()}
+    """One line per image-only row with a published figure, at the precision the encoder ran; a
+    warning when a run of the dataset's evaluation split (under any of its names: ImageNet's `val`
+    is also `test`) is more than the tolerance away from it (a wrong build or class list)."""
     lines = []
     for r in rows:
         if r.get("published_top1") is None or r["top1"] is None:
             continue
         gap = r["top1"] - r["published_top1"]
-        comparable = eval_splits.get(r["dataset"]) == r["split"]
+        benchmark = BENCHMARKS_BY_NAME.get(r["dataset"])
+        comparable = benchmark is not None and benchmark.evaluation_split_names(r["split"]) is not None
         verdict = "ok" if abs(gap) <= TOLERANCE_POINTS else "differs"
         if not comparable:
-            verdict = f"published on the {eval_splits.get(r['dataset'], 'evaluation')} split: indicative only"
+            split = benchmark.split if benchmark else "evaluation"
+            verdict = f"published on the {split} split: indicative only"
         elif verdict == "differs":
             verdict = (
                 f"WARNING: more than {TOLERANCE_POINTS:g} points off; check the model build, "
@@ -55,7 +58,8 @@ def baseline_checks(rows: list[dict]) -> list[str]:
             )
         lines.append(
             f"published baseline: {r['encoder']} on {r['dataset']} {r['split']} ({r['n']} images): "
-            f"measured {r['top1']:.2f}, open_clip published {r['published_top1']:.2f} ({gap:+.2f}): {verdict}"
+            f"measured {r['top1']:.2f} at {split_encoder_precision(r['encoder'])[1]}, "
+            f"open_clip published {r['published_top1']:.2f} ({gap:+.2f}): {verdict}"
         )
     return lines
 

@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from method.prompts import hashed_value
 from storage.io import write_table
-from storage.keys import AnswerSource, Selection
+from storage.keys import AnswerSource, Selection, classes_key
 from storage.paths import NONE, partition_dir, partition_value, split_dataset_spec
 from storage.schemas import KEY_VALUES
 
@@ -42,17 +42,22 @@ def meaning(key: str, raw: str, selection: Selection | None = None) -> str | Non
 
 def key_rows(
     selections: Sequence[Selection],
+    class_names: Sequence[Sequence[str]],
     encoders: Sequence[str],
     sources: Sequence[AnswerSource],
     weightings: Sequence[str],
 ) -> list[dict[str, str | None]]:
-    """One row per distinct (key, value) a run with these parameters files results under."""
+    """One row per distinct (key, value) a run with these parameters files results under;
+    `class_names[i]` are the classes of `selections[i]`."""
     groups: list[tuple[Mapping[str, object], Selection | None]] = [(s.keys(), s) for s in selections]
+    groups += [({"classes": classes_key(names)}, None) for names in class_names]
     groups += [({"encoder": e}, None) for e in encoders]
     groups += [({"class_weights": w}, None) for w in weightings]
     for src in sources:
-        groups += [(src.answer_keys("description"), None), (src.class_keys(), None), (src.run_keys(), None)]
-        groups += [(src.answer_keys("prediction", e), None) for e in encoders]
+        groups += [(src.class_keys(), None), (src.run_keys(), None)]
+        for names in class_names:
+            groups += [(src.answer_keys("description", names), None)]
+            groups += [(src.answer_keys("prediction", names, e), None) for e in encoders]
     rows: dict[tuple[str, str], dict[str, str | None]] = {}
     for keys, selection in groups:
         for key, value in keys.items():
@@ -83,8 +88,9 @@ def write_key_rows(root: str, rows: Iterable[dict[str, str | None]]) -> str:
 def record_keys(
     root: str,
     selections: Sequence[Selection],
+    class_names: Sequence[Sequence[str]],
     encoders: Sequence[str],
     sources: Sequence[AnswerSource],
     weightings: Sequence[str],
 ) -> str:
-    return write_key_rows(root, key_rows(selections, encoders, sources, weightings))
+    return write_key_rows(root, key_rows(selections, class_names, encoders, sources, weightings))

@@ -6,6 +6,7 @@ checks that the backend loads the saved weights and preprocesses exactly as open
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from PIL import Image
 from backends import registry
 from backends.base import Encoder
 from backends.registry import load_encoder
+from storage.errors import BadParameter
 
 TINY_CFG = {
     "embed_dim": 32,
@@ -182,3 +184,67 @@ def test_activation_follows_the_weights() -> None:
     assert activation_kwargs("ViT-B-32//some/ckpt.pt") == {}  # a bare file: the architecture decides
     with pytest.raises(ValueError, match="#quickgelu or #gelu"):
         activation_kwargs("ViT-B-32/openai#relu")
+
+
+def _built_quick_gelu(arch: str, kwargs: dict[str, bool]) -> bool:
+    """The activation open_clip's `create_model` builds from the architecture's config and these
+    arguments: `force_quick_gelu` sets it, other keyword arguments override the config."""
+    cfg = dict(open_clip.get_model_config(arch))
+    if kwargs.get("force_quick_gelu"):
+        cfg["quick_gelu"] = True
+    cfg.update({k: v for k, v in kwargs.items() if k != "force_quick_gelu"})
+    return bool(cfg.get("quick_gelu", False))
+
+
+def test_every_listed_tag_is_built_with_its_weights_activation() -> None:
+    """Every (architecture, tag) open_clip lists, and the `hf-hub:` id of its weights, resolved from
+    the configs alone: what the tag's config says, else what the architecture's config says (e.g.
+    `roberta-ViT-B-32/laion2b_s12b_b32k`, whose tag is silent and whose architecture is QuickGELU)."""
+    from backends.open_clip_encoder import activation_kwargs
+
+    checked, wrong = 0, []
+    for arch, tag in open_clip.list_pretrained():
+        cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
+        arch_cfg = open_clip.get_model_config(arch)
+        if not cfg or arch_cfg is None:
+            continue
+        trained = cfg["quick_gelu"] if "quick_gelu" in cfg else arch_cfg.get("quick_gelu", False)
+        specs = [f"{arch}/{tag}"] + ([f"{arch}/hf-hub:{cfg['hf_hub']}"] if cfg.get("hf_hub") else [])
+        for spec in specs:
+            checked += 1
+            if _built_quick_gelu(arch, activation_kwargs(spec)) != bool(trained):
+                wrong.append(spec)
+    assert checked > 200
+    assert wrong == []
+    assert _built_quick_gelu("roberta-ViT-B-32", activation_kwargs("roberta-ViT-B-32/laion2b_s12b_b32k"))
+
+
+def test_local_weights_are_keyed_by_their_content(tiny: tuple[str, torch.nn.Module], tmp_path: Path) -> None:
+    """A checkpoint file or `local-dir:` folder retrained in place is a new encoder key, and a
+    worker given the old key refuses the new weights instead of filing them under it."""
+    from backends.registry import encoder_identity
+
+    name, model = tiny
+    model = copy.deepcopy(model)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), ckpt)
+    spec = f"open_clip:{name}/{ckpt}#quickgelu"
+    first = encoder_identity(spec)
+    assert first.startswith(f"open_clip:{name}/{ckpt}@sha256-") and first.endswith("#quickgelu")
+    assert encoder_identity(spec) == first  # the same content, the same key
+    assert load_encoder(first).dim == load_encoder(spec).dim  # the marked id loads the same weights
+
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(1.0)
+    torch.save(model.state_dict(), ckpt)  # retrained in place
+
+    assert encoder_identity(spec) != first
+    with pytest.raises(BadParameter, match="changed since this run was keyed"):
+        registry._load_encoder.__wrapped__(first)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "open_clip_pytorch_model.bin").write_bytes(ckpt.read_bytes())
+    local = encoder_identity(f"open_clip:local-dir:{folder}")
+    assert local.startswith(f"open_clip:local-dir:{folder}@sha256-")
+    (folder / "extra.txt").write_text("edited")
+    assert encoder_identity(f"open_clip:local-dir:{folder}") != local

@@ -180,6 +180,9 @@ def test_describe_classes_one_seeded_request_per_pair(server: FakeChatServer) ->
     assert len(server.requests) == 6
     for r in server.requests:
         assert r["body"]["temperature"] == 0.99
+        # top_p sent, so that a server's own generation defaults (vLLM reads the model's) cannot
+        # narrow the samples to a nucleus
+        assert r["body"]["top_p"] == 1
         assert r["body"]["messages"][0]["content"] in prompts  # text only, verbatim
         assert r["body"].get("n", 1) == 1
     assert sorted(r["body"]["seed"] for r in server.requests) == sorted(seeds)

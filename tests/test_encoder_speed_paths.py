@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backends.open_clip_encoder import OpenClipEncoder, identity, split_precision
+from backends.open_clip_encoder import OpenClipEncoder, identity, split_precision, with_content
 from backends.registry import encoder_identity, validate_encoder_id
 
 CLASSES = ["cat", "dog", "car", "tree", "boat"]
@@ -91,7 +91,8 @@ def test_autocast_is_another_identity_and_runs_in_low_precision(vit_b32: str) ->
 
 def test_precision_switch_and_device_default(vit_b32: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WDYS_CLIP_PRECISION", "amp-fp16")
-    assert encoder_identity("open_clip:" + vit_b32) == f"open_clip:{vit_b32}+amp-fp16"
+    # a local checkpoint's id also names its content (test_backend_open_clip), before the precision
+    assert encoder_identity("open_clip:" + vit_b32) == f"open_clip:{with_content(vit_b32)}+amp-fp16"
     assert identity(vit_b32 + "+fp32") == vit_b32  # an explicit suffix wins over the variable
     monkeypatch.setenv("WDYS_CLIP_PRECISION", "fp32")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # no GPU here: simulated
@@ -128,10 +129,12 @@ def test_the_text_tower_runs_on_the_prompts_positions_only(vit_b32: str) -> None
         lambda _, args: widths.append(args[0].shape[1])
     )
     got = encoder.encode_texts(prompts).vectors
+    # Read before the reference call below, which runs whole and would satisfy a 77 of its own.
+    assert widths == [7, 77]  # <start> a photo of a cat <end>; then 75 x "a" + 2: the whole context
+    widths.clear()
     with torch.inference_mode():
         whole = encoder.model.encode_text(encoder.tokenizer(prompts)).numpy()
     np.testing.assert_allclose(got, whole, rtol=1e-4, atol=1e-5)
-    assert widths[0] == 7 and widths[-1] == 77  # <start> a photo of a cat <end>; 75 x "a" + 2
     widths.clear()
     encoder.model.text_pool_type = "last"
     encoder.encode_texts(prompts[:4])

@@ -270,3 +270,56 @@ def test_image_only_run_reuses_image_embeddings_and_matches_the_image_subset(fir
             full[r["class_weights"]]["top1"],
             full[r["class_weights"]]["top5"],
         )
+
+
+def test_renaming_a_class_recomputes_what_the_names_go_into(prefect_server, tmp_path):
+    """A user's Parquet dataset whose `classes.json` renames a class (the same images): class
+    descriptions, class weights, initial-prediction answers (their prompt lists the names), their
+    embeddings and the predictions are computed again; the manifest, the image embeddings and the
+    descriptions with their embeddings are read from the cache, untouched."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    data = tmp_path / "pets"
+    data.mkdir()
+    pictures = []
+    for i in range(8):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), (30 * i, 200 - 20 * i, 90)).save(buffer, format="PNG")
+        pictures.append(buffer.getvalue())
+    table = pa.table({"image": pa.array(pictures, pa.binary()), "label": pa.array([i % 2 for i in range(8)])})
+    pq.write_table(table, data / "test.parquet")
+    (data / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    params = dict(datasets=[f"parquet:{data}"], splits=["test"], limit=None, sample_seed=None, shard_size=4)
+    root = tmp_path / "root"
+    run(root, **params)
+    before = shards(root)
+
+    (data / "classes.json").write_text(json.dumps(["cat", "puppy"]))
+    result = run(root, **params)
+
+    after = shards(root)
+    assert all(after[p] == t for p, t in before.items())  # nothing rewritten
+    new = set(after) - set(before)
+    assert tables(new) == {
+        "class_descriptions",
+        "class_weights",
+        "descriptions",
+        "text_embeddings",
+        "predictions",
+    }
+    answers = [p for p in new if p.startswith(("descriptions/", "text_embeddings/"))]
+    assert answers and all("kind=prediction" in p for p in answers)
+    assert len([p for p in new if p.startswith("predictions/")]) == 2 * 5  # 2 shards x 5 weightings
+    assert len([p for p in new if p.startswith("class_weights/")]) == 5
+    # read from the cache: per shard, its manifest, image embeddings, descriptions and their embeddings
+    reused = [
+        p for p in before if p.startswith(("manifest/", "image_embeddings/")) or "kind=description" in p
+    ]
+    assert len(reused) == 2 * 4 and result["shards_cached"] == len(reused)
+    assert result["shards_computed"] == len(new)
+    (weights,) = [p for p in new if p.startswith("class_weights/") and "class_weights=name/" in p]
+    assert read_table(str(root / weights)).column("class_name").to_pylist() == ["cat", "puppy"]

@@ -14,11 +14,12 @@ import pyarrow as pa
 import pytest
 
 from method import stats
-from method.prompts import DESCRIPTION_PROMPT, PREDICTION_PROMPT, content_hash, image_prompts_hash
+from method.prompts import image_prompts_hash
 from sources.registry import list_benchmarks
 from storage.analysis import run_rows, with_intervals
 from storage.catalog import create_views
 from storage.io import write_table
+from storage.keys import answer_prompts_hash, classes_key
 from storage.paths import shard_path
 from storage.schemas import CLASS_WEIGHTS, DESCRIPTIONS, MANIFEST, PREDICTIONS, RUN_KEYS
 from tasks.report import pvalue, write_report
@@ -28,16 +29,14 @@ N, SHARD = 400, 200
 DATA = {"dataset": "toy", "split": "test", "subset": "all-shard200"}
 RUN = {
     **DATA,
+    "classes": classes_key(CLASSES),
     "encoder": "e",
     "describer": "d",
     "prompts": image_prompts_hash(),
     "gen": "g",
     "shortlist": "none",
 }
-KIND_PROMPTS = {
-    "description": content_hash(DESCRIPTION_PROMPT),
-    "prediction": content_hash(PREDICTION_PROMPT),
-}
+KIND_PROMPTS = {kind: answer_prompts_hash(kind, RUN["classes"]) for kind in ("description", "prediction")}
 # Hit probability of each component subset; `description` leaves the images in EXCLUDED without a query.
 RATES = {"image": 0.55, "image+description": 0.62, "description": 0.5, "image+description+prediction": 0.56}
 EXCLUDED = set(range(0, N, 40))
@@ -102,7 +101,8 @@ def synthetic_root(root: str) -> dict:
                 shard_path(root, DESCRIPTIONS, keys, s), pa.table(answers, schema=DESCRIPTIONS.schema())
             )
     for weighting in ("templates", "name"):
-        keys = {"dataset": "toy", "encoder": "e", "class_weights": weighting, "describer": "none"}
+        keys = {"dataset": "toy", "classes": RUN["classes"], "encoder": "e", "class_weights": weighting}
+        keys |= {"describer": "none"}
         keys |= {"prompts": "none", "gen": "none"}
         weights = {
             "class_index": list(range(len(CLASSES))),

@@ -111,7 +111,3 @@ def pvalue(p: float | None) -> str:
     if p is None:
         return "n/a"
     return "<1e-300" if p == 0 else (f"{p:.3g}" if p >= 1e-3 else f"{p:.1e}")
-
-
-def label_of(row: dict) -> str:
-    return f"{row['dataset']} ({row['split']})"
