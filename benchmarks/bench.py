@@ -38,12 +38,9 @@ import torch
 
 from benchmarks.clip_figure import compare as clip_compare
 from benchmarks.served import figure as served_figure
+from core.environment import COMMAND_LINE, apply_defaults
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")  # the temporary server's shutdown noise
+apply_defaults(COMMAND_LINE)  # the command line's offline Prefect settings
 
 
 def verdict(name: str, value: float, target: str, met: bool, raw: str) -> dict:

@@ -35,6 +35,7 @@ from prefect.flows import Flow
 from prefect.runner.storage import create_storage_from_source
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
+from core.environment import OFFLINE
 from method.fusion import CLASS_WEIGHTINGS
 from sources.registry import BENCHMARKS
 from storage.errors import UserError
@@ -59,8 +60,7 @@ PAPER = {
 
 JOB_ENV = {
     GPU_LIMIT_ENV: GPU_LIMIT,  # model compute takes a slot of its device's limit, strictly
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
+    **OFFLINE,
 }
 
 

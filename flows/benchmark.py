@@ -11,6 +11,12 @@ once when its output shard already exists, so a rerun pays only for what is new.
 
 from __future__ import annotations
 
+# `python -m flows.benchmark`: the command line's settings, in the environment before Prefect reads it.
+if __name__ == "__main__":
+    from core.environment import COMMAND_LINE, apply_defaults
+
+    apply_defaults(COMMAND_LINE)
+
 import argparse
 import dataclasses
 import os
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from core import lifeline
     from wdys.cli import guarded  # a user's mistake: one `error: ...` line, exit status 2
 
+    lifeline.start()  # the temporary Prefect server dies with this run, however it ends
     sys.exit(guarded(main, sys.argv[1:]))

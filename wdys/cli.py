@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 
+from core import lifeline
+from core.environment import COMMAND_LINE, apply_defaults
 from storage.errors import UserError
 
 COMMANDS = {
@@ -22,18 +23,6 @@ COMMANDS = {
     "query": ("storage.query", 'SQL over the results catalog, read-only: wdys query "select * from metrics"'),
     "report": ("tasks.report", "write a report of the runs in a storage root"),
     "deploy": ("deployments.deploy", "create the work pool and the deployments"),
-}
-
-# What `make` sets, for the console script too: no telemetry, no UI assets, Prefect's own INFO lines
-# (one per task) hidden; the progress lines have a level of their own (tasks/progress.py).
-ENVIRONMENT = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_UI_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",  # the temporary server's shutdown noise
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 # Outside failures by exception class (module prefix, class name), without importing the libraries.
@@ -120,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"{usage()}\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
-    for key, value in ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    apply_defaults(COMMAND_LINE)  # what `make` sets, for the console script too
+    lifeline.start()  # the processes the command starts (a temporary Prefect server) die with it
     module = importlib.import_module(COMMANDS[argv[0]][0])  # after the environment: Prefect reads it
     return guarded(module.main, argv[1:])
 
