@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from storage.errors import UserError
+from core.errors import UserError
 
 
 class DescriberUnavailable(UserError):

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from backends.base import Describer, Encoder
-from storage.errors import BadParameter
+from core.errors import BadParameter
 
 ENCODER_SCHEMES = ("open_clip", "offline")
 DESCRIBER_SCHEMES = ("hf", "openai", "offline")

@@ -36,9 +36,9 @@ from prefect.runner.storage import create_storage_from_source
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
 from core.environment import OFFLINE
+from core.errors import UserError
 from method.fusion import CLASS_WEIGHTINGS
 from sources.registry import BENCHMARKS
-from storage.errors import UserError
 from tasks.cache import GPU_LIMIT_ENV, GPU_SLOTS_ENV
 
 REPO = Path(__file__).resolve().parents[1]

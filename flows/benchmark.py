@@ -30,11 +30,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
+from core.errors import BadParameter, UserError
 from flows import stages
 from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
-from storage.errors import BadParameter, UserError
 from storage.keys import Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult

@@ -22,7 +22,7 @@ import distributed
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
-from storage.errors import UserError
+from core.errors import UserError
 from storage.io import filesystem
 from tasks.cache import MODEL_TAG
 

@@ -32,10 +32,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.errors import BadDataset, DatasetNotFound
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
-from storage.errors import BadDataset, DatasetNotFound
 
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.

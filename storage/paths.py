@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from storage.errors import BadParameter
+from core.errors import BadParameter
 from storage.schemas import TABLES, Table
 
 DEFAULT_ROOT = "./data"

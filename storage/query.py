@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from core.errors import UserError
 from storage.catalog import connect, local_catalog_path
-from storage.errors import UserError
 from storage.paths import catalog_path, is_local, resolve_root
 
 

@@ -23,7 +23,7 @@ from prefect.states import State
 
 from backends.base import Answer, DescriberUnavailable
 from backends.registry import computes_locally
-from storage.errors import UserError
+from core.errors import UserError
 from storage.io import exists, read_table, remove, write_table
 from storage.paths import pending_path
 from tasks.cache import MODEL_TAG, ShardResult, publish

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from backends.registry import validate_describer_id, validate_encoder_id
+from core.errors import BadParameter, UserError
 from sources.registry import open_dataset
-from storage.errors import BadParameter, UserError
 from storage.paths import resolve_root
 from wdys import cli
 

@@ -21,9 +21,9 @@ from process_support import REPO, free_port, start, stop
 from runs import tiny_run
 from s3_support import moto_s3
 
+from core.errors import UserError
 from flows.benchmark import benchmark
 from flows.cluster import PlacedDaskTaskRunner
-from storage.errors import UserError
 from storage.io import filesystem
 from tasks.answers import for_describer
 from tasks.cache import MODEL_TAG

@@ -1,6 +1,6 @@
 """The `wdys` command: `wdys run` (the benchmark flow), `wdys query`, `wdys report`, `wdys deploy`.
 
-A mistake the user must fix (a `storage.errors.UserError`, or a refused key, missing credentials or
+A mistake the user must fix (a `core.errors.UserError`, or a refused key, missing credentials or
 an unreachable server from a library below) prints one `error: ...` line and exits with status 2,
 also when it comes back out of a failed Prefect flow run: Prefect's own console lines about the
 failed task and flow keep their message but lose the traceback. Anything else is a bug and keeps its
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 from core import lifeline
 from core.environment import COMMAND_LINE, apply_defaults
-from storage.errors import UserError
+from core.errors import UserError
 
 COMMANDS = {
     "run": ("flows.benchmark", "run the benchmark flow (the parameters of `python -m flows.benchmark`)"),
