@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 SQL    ?= select * from metrics
 
 # Offline-friendly Prefect and Hugging Face settings (no telemetry, no UI assets, no hub calls),
-# declared once in core/environment.py (`python -m core.environment` prints them; standard library
+# declared once in core/settings.py (`python -m core.settings` prints them; standard library
 # only, so any python3 reads them); a value already in the environment wins.
-LOCAL_DEFAULTS := $(shell $(PYTHON) -m core.environment)
+LOCAL_DEFAULTS := $(shell $(PYTHON) -m core.settings)
 $(foreach setting,$(LOCAL_DEFAULTS),$(eval export $(subst =, ?= ,$(setting))))
 
 # A local Prefect server for deployments: SQLite under .prefect/, on 127.0.0.1 only.
@@ -30,7 +30,7 @@ $(BIN)/wdys: $(BIN)/.installed pyproject.toml
 
 setup: $(BIN)/.installed $(BIN)/wdys
 
-# `wdys run` adds the command line's own settings (core/environment.py).
+# `wdys run` adds the command line's own settings (core/settings.py).
 run: setup
 	$(BIN)/python -m wdys run $(ARGS)
 

@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.clip_figure import compare as clip_compare
 from benchmarks.served import figure as served_figure
-from core.environment import COMMAND_LINE, apply_defaults
+from core.settings import COMMAND_LINE, apply_defaults
 
 apply_defaults(COMMAND_LINE)  # the command line's offline Prefect settings
 

@@ -22,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-TOKEN = "WDYS_RUN_TOKEN"
+from core import settings
+
+TOKEN = settings.RUN_TOKEN.name
 
 
 def start() -> None:
@@ -30,16 +32,14 @@ def start() -> None:
     if not Path("/proc/self/environ").exists():
         return
     token = secrets.token_hex(16)
-    env = {key: value for key, value in os.environ.items() if key != TOKEN}
     subprocess.Popen(
         [sys.executable, "-m", "core.lifeline", str(os.getpid()), token],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
         start_new_session=True,
     )
-    os.environ[TOKEN] = token
+    settings.RUN_TOKEN.export(token)  # after the watchdog started: it carries no token of this run
 
 
 def processes_with(variable: str, value: str) -> list[int]:

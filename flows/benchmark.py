@@ -11,15 +11,16 @@ once when its output shard already exists, so a rerun pays only for what is new.
 
 from __future__ import annotations
 
+from core import settings
+
 # `python -m flows.benchmark`: the command line's settings, in the environment before Prefect reads it.
 if __name__ == "__main__":
-    from core.environment import COMMAND_LINE, apply_defaults
+    from core.settings import COMMAND_LINE, apply_defaults
 
     apply_defaults(COMMAND_LINE)
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections import Counter
@@ -98,7 +99,7 @@ def task_threads() -> int:
     per submitted task: every waiting shard task then held a thread (and torch's thread pool for
     it), so memory grew with the dataset. Tasks are submitted in dependency order and the pool is
     first in, first out, so a bounded pool cannot deadlock."""
-    threads = int(os.environ.get("WDYS_TASK_THREADS", "4"))
+    threads = settings.TASK_THREADS.integer()
     if threads < 2:
         raise BadParameter("WDYS_TASK_THREADS must be at least 2: one shard computes while the next is read")
     return threads

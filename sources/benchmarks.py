@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core import settings
 from core.errors import BadDataset, DatasetNotFound
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
@@ -108,7 +108,7 @@ def _classnames() -> dict:
 
 def shared_datasets_dir() -> Path:
     """$WDYS_SHARED_DATASETS, else the team's `shared/datasets` beside the checkout."""
-    env = os.environ.get("WDYS_SHARED_DATASETS")
+    env = settings.SHARED_DATASETS.text()
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
@@ -180,10 +180,10 @@ def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> Dataset
 def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
     """(location, explicit) of each local copy that exists, in order of preference."""
     copies = []
-    explicit = os.environ.get(f"{bench.env_prefix}_DIR")
+    explicit = settings.DATASET_DIR.named(bench.env_prefix).text()
     if explicit:
         copies.append((explicit, True))
-    data_dir = os.environ.get("WDYS_DATA_DIR")
+    data_dir = settings.DATA_DIR.text()
     if data_dir and (Path(data_dir) / bench.name).exists():
         copies.append((str(Path(data_dir) / bench.name), False))
     shared = shared_datasets_dir() / bench.name
@@ -211,7 +211,7 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
         if source is not None:
             break
     if source is None:
-        hub = os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
+        hub = settings.DATASET_HUB.named(bench.env_prefix).text() or bench.hub
         if split in bench.local_only_splits:
             raise DatasetNotFound(
                 f"{bench.name} split {split!r} is only in a local copy, found none "

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import duckdb
 import fsspec
 
+from core import settings
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
 from storage.paths import catalog_path, is_local, table_glob
 from storage.reference import published_sql
@@ -182,4 +183,4 @@ def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
 
 def local_catalog_path(root: str) -> str:
     safe = root.replace("://", "_").replace("/", "_")
-    return os.path.join(os.environ.get("WDYS_CATALOG_DIR", ".wdys"), safe, "wdys.duckdb")
+    return os.path.join(settings.CATALOG_DIR.text(), safe, "wdys.duckdb")

@@ -5,7 +5,6 @@ concurrency limit when limits are configured."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 import threading
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from core import settings
 from storage.io import exists, write_table
 
 _model_locks: dict[int, threading.Lock] = {}
@@ -61,8 +61,6 @@ def computed_by() -> dict[bytes, bytes]:
 
 
 MODEL_TAG = "gpu"  # the tag of every task that computes on a device (on Dask it asks for a GPU)
-GPU_LIMIT_ENV = "WDYS_GPU_LIMIT"
-GPU_SLOTS_ENV = "WDYS_GPU_SLOTS"
 _limits_made: set[str] = set()
 
 
@@ -72,7 +70,7 @@ def device_limit_name(prefix: str, device: str) -> str:
     get different limits."""
     kind, _, index = device.partition(":")
     if kind == "cuda":
-        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        visible = [v.strip() for v in settings.CUDA_VISIBLE_DEVICES.text().split(",") if v.strip()]
         i = int(index or 0)
         index = visible[i] if i < len(visible) else str(i)
     name = f"{prefix}-{socket.gethostname()}-{kind}{index}"
@@ -88,7 +86,7 @@ def ensure_limit(name: str) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    slots = int(os.environ.get(GPU_SLOTS_ENV, "1"))
+    slots = settings.GPU_SLOTS.integer()
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
     _limits_made.add(name)
@@ -99,7 +97,7 @@ def gpu_slot(model: object) -> Iterator[None]:
     """Hold a slot of the Prefect global concurrency limit of the model's device on this host (named
     from the prefix $WDYS_GPU_LIMIT, which deployments set to `gpu`), strictly. Local runs without a
     server leave the variable unset and take no slot."""
-    prefix = os.environ.get(GPU_LIMIT_ENV)
+    prefix = settings.GPU_LIMIT.text()
     if not prefix:
         yield
         return

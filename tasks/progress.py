@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging.loggers import PrefectLogAdapter
+
+from core import settings
 
 # Task name -> stage; tasks not listed (plan, evaluate, report) are not tracked.
 STAGES = {
@@ -115,9 +116,7 @@ class RunProgress:
 
     def __init__(self, log: logging.LoggerAdapter | logging.Logger, interval: float | None = None) -> None:
         self.log = log
-        self.interval = (
-            float(os.environ.get("WDYS_PROGRESS_INTERVAL_S", "5")) if interval is None else interval
-        )
+        self.interval = settings.PROGRESS_INTERVAL_S.number() if interval is None else interval
         self.stages: dict[str, Stage] = {}
         self.expected: dict[UUID, tuple[str, int]] = {}  # task run id -> (stage, images)
 

@@ -9,7 +9,7 @@ import tempfile
 # (the CIFAR-10 `dev` sample ships with the code) unless the caller points it somewhere.
 os.environ.setdefault("WDYS_SHARED_DATASETS", tempfile.mkdtemp(prefix="wdys-no-shared-"))
 
-from core.environment import OFFLINE, apply_defaults  # noqa: E402
+from core.settings import OFFLINE, apply_defaults  # noqa: E402
 
 apply_defaults(
     OFFLINE

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from core.environment import COMMAND_LINE
 from core.lifeline import processes_with
+from core.settings import COMMAND_LINE
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "imagefolder:/nonexistent/photos"

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Iterator
 
 from core import lifeline
-from core.environment import COMMAND_LINE, apply_defaults
 from core.errors import UserError
+from core.settings import COMMAND_LINE, apply_defaults
 
 COMMANDS = {
     "run": ("flows.benchmark", "run the benchmark flow (the parameters of `python -m flows.benchmark`)"),
