@@ -61,7 +61,7 @@ def build_qwen2_vl_2b(path: Path, max_new_tokens: int) -> Path:
         Qwen2VLVideoProcessor,
     )
 
-    from tests.tiny_vlms import _generic_template, tokenizer
+    from fakes.tiny_vlms import _generic_template, tokenizer
 
     template = _generic_template("<|vision_start|><|image_pad|><|vision_end|>")
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
