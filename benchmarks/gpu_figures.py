@@ -149,7 +149,7 @@ def describer(images: int, max_new_tokens: int, batches: tuple[int, ...] = (1, 8
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from backends.hf_describer import HFDescriber
-    from benchmarks.bench import verdict
+    from benchmarks.figures import verdict
 
     pictures = cifar_images(images)
     rows, speeds = [], {}

@@ -163,7 +163,7 @@ def measure(images: int, shard_size: int, at_once: int | None, reject_above: int
 
 
 def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
-    from benchmarks.bench import verdict
+    from benchmarks.figures import verdict
     from flows.benchmark import benchmark
 
     with tempfile.TemporaryDirectory() as root:
