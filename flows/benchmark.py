@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     from core import lifeline
-    from wdys.cli import guarded  # a user's mistake: one `error: ...` line, exit status 2
+    from core.guard import guarded  # a user's mistake: one `error: ...` line, exit status 2
 
     lifeline.start()  # the temporary Prefect server dies with this run, however it ends
     sys.exit(guarded(main, sys.argv[1:]))
