@@ -173,7 +173,7 @@ def _server_message(exc: openai.APIStatusError) -> str:
 class OpenAIDescriber:
     """Each image (or class-description sample) is its own request, so one failure costs one answer.
 
-    Thread-safe: tasks may call it for several shards at once (`tasks.cache.exclusive` then takes no
+    Thread-safe: tasks may call it for several shards at once (`tasks.slots.exclusive` then takes no
     lock); the in-flight budget bounds the requests, and each thread counts its own answers."""
 
     concurrent_shards = True

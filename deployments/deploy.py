@@ -41,7 +41,7 @@ from sources.registry import BENCHMARKS
 
 REPO = Path(__file__).resolve().parents[1]
 WORK_POOL = str(settings.WORK_POOL.default)
-GPU_LIMIT = "gpu"  # the prefix of the per-device limits `gpu-<host>-<device>` (tasks/cache.py)
+GPU_LIMIT = "gpu"  # the prefix of the per-device limits `gpu-<host>-<device>` (tasks/slots.py)
 
 QUICK = {"datasets": ["cifar10"], "splits": ["dev"]}  # the flow's defaults: the offline profile
 

@@ -24,7 +24,7 @@ from prefect_dask import DaskTaskRunner
 from core import settings
 from core.errors import UserError
 from storage.io import filesystem
-from tasks.cache import MODEL_TAG
+from tasks.slots import MODEL_TAG
 
 MARKER_DIR = ".wdys-reach"
 

@@ -26,7 +26,8 @@ from backends.registry import computes_locally
 from core.errors import UserError
 from storage.io import exists, read_table, remove, write_table
 from storage.paths import pending_path
-from tasks.cache import MODEL_TAG, ShardResult, publish
+from tasks.cache import ShardResult, publish
+from tasks.slots import MODEL_TAG
 
 # A task retry after the client's own retries: together they span a server outage of a minute or two.
 ANSWER_RETRY_DELAYS_S = [10, 30, 60]

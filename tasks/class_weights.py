@@ -29,7 +29,8 @@ from tasks.answers import (
     describer_task,
     require_an_answer,
 )
-from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
+from tasks.cache import ShardResult, cached_shard
+from tasks.slots import MODEL_TAG, exclusive
 
 
 @describer_task("describe-classes")

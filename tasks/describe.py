@@ -25,10 +25,11 @@ from tasks.answers import (
     describer_task,
     require_an_answer,
 )
-from tasks.cache import ShardResult, exclusive
+from tasks.cache import ShardResult
 from tasks.class_weights import read_class_weights
 from tasks.classify import embeddings_or_nan
 from tasks.plan import Shard
+from tasks.slots import exclusive
 
 
 def answer_source(

@@ -13,8 +13,9 @@ from storage.addresses import answers_shard, image_embeddings_shard, manifest_sh
 from storage.io import read_table
 from storage.keys import AnswerSource
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
+from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
+from tasks.slots import MODEL_TAG, exclusive
 
 
 def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) -> pa.Array:

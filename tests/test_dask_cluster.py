@@ -26,9 +26,9 @@ from flows.benchmark import benchmark
 from flows.cluster import PlacedDaskTaskRunner
 from storage.io import filesystem
 from tasks.answers import for_describer
-from tasks.cache import MODEL_TAG
 from tasks.class_weights import describe_classes
 from tasks.describe import describe_shard, predict_shard
+from tasks.slots import MODEL_TAG
 
 pytestmark = pytest.mark.slow
 

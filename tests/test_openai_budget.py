@@ -16,7 +16,7 @@ import pytest
 from backends.inflight import InflightBudget, budget_for, next_batch, queued_as, retry_after_s
 from backends.openai_describer import OpenAIDescriber
 from fakes.chat_server import FakeChatServer, images, serving
-from tasks.cache import exclusive
+from tasks.slots import exclusive
 
 
 @pytest.fixture
