@@ -41,7 +41,7 @@ from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.describe import answer_source
 from tasks.evaluate import evaluate, format_table
-from tasks.lookup import record_keys
+from tasks.key_values import record_keys
 from tasks.plan import ShardPlan, plan_dataset
 from tasks.progress import RunProgress
 from tasks.report import report as report_task

@@ -79,7 +79,7 @@ left join manifest m using (dataset, split, subset, image_id)
 """
 
 
-# What each slug and hash in the tables stands for (tasks/lookup.py writes `key_values`), and the
+# What each slug and hash in the tables stands for (tasks/key_values.py writes `key_values`), and the
 # models among them.
 KEYS_SQL = """
 create or replace view keys as
