@@ -68,3 +68,15 @@ def test_no_import_circles():
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
     assert circles == []
+
+
+def test_the_architecture_page_names_every_folder_and_module():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    missing = [
+        str(p.relative_to(REPO))
+        for top in LAYERS + OUTSIDE
+        for p in (REPO / top).rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") and not p.name.startswith("test_")
+        if f"`{top}/`" not in page or f"`{p.name}`" not in page
+    ]
+    assert missing == []
