@@ -32,6 +32,7 @@ from transformers import (
     AutoProcessor,
     BatchFeature,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     ProcessorMixin,
 )
 
@@ -287,13 +288,15 @@ class HFDescriber:
 
     def _generate(self, inputs: BatchFeature, **gen_kwargs: object) -> list[Answer]:
         """One greedy `generate()` call (sampling, where asked, is the logits processor's)."""
-        inputs = inputs.to(self._model.device, dtype=self._model.dtype)
+        model = self._model
+        assert model is not None, "_ensure_loaded() comes first"
+        inputs = inputs.to(model.device, dtype=model.dtype)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         width = inputs["input_ids"].shape[1]
         self.forward_passes += 1
         started = time.perf_counter()
         with torch.inference_mode():
-            output = self._model.generate(
+            output = model.generate(
                 **inputs, max_new_tokens=self._max_new_tokens, do_sample=False, num_beams=1, **gen_kwargs
             )
         new_tokens = output[:, width:].cpu()
@@ -315,7 +318,7 @@ class HFDescriber:
         return answers
 
 
-def _left_padding(processor: ProcessorMixin) -> object:
+def _left_padding(processor: ProcessorMixin) -> PreTrainedTokenizerBase:
     """The processor's tokenizer, padding on the left: generation continues each row at its right end."""
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"

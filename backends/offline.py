@@ -271,12 +271,12 @@ OFFLINE_ENCODERS = {"conse-lite0-minilm": "lite0", "conse-lite2-minilm": "lite2"
 OFFLINE_DESCRIBERS = {"lite2-labels": "lite2", "lite0-labels": "lite0"}
 
 
-def settings_for(name: str, max_new_tokens: int = 77) -> dict[str, object]:
+def settings_for(spec: str, max_new_tokens: int = 77) -> dict[str, object]:
     """What the stand-in's answers depend on (it generates no tokens: `max_new_tokens` is moot)."""
     return {
         "backend": "offline",
-        "model": name,
-        "weights": OFFLINE_DESCRIBERS[name],
+        "model": spec,
+        "weights": OFFLINE_DESCRIBERS[spec],
         "top_labels": 3,
         "conse_k": TOP_K,
     }

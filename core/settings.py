@@ -17,11 +17,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from core.errors import BadParameter
 
 _TRUE = ("1", "true", "yes", "on")
+T = TypeVar("T", int, float)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Setting:
         """A member of a family (`WDYS_<NAME>_DIR`): the setting of one benchmark's prefix."""
         return replace(self, name=self.name.replace("WDYS_<NAME>", prefix))
 
-    def _parsed(self, convert: type[int] | type[float], what: str) -> int | float:
+    def _parsed(self, convert: Callable[[str], T], what: str) -> T:
         text = self.text()
         try:
             return convert(text)

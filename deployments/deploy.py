@@ -203,7 +203,7 @@ def parse_target(argv: list[str] | None) -> tuple[Target, bool]:
         pool_type=args.pool_type,
         image=args.image or None,
         source=args.source,
-        env=key_values(args.env, "--env"),
+        env={key: str(value) for key, value in key_values(args.env, "--env").items()},
         job_variables=key_values(args.job_variable, "--job-variable", json.loads),
         gpu_slots=args.gpu_slots,
         suffix=args.suffix,

@@ -36,7 +36,7 @@ from flows import stages
 from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
-from storage.keys import Selection
+from storage.keys import AnswerSource, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.describe import answer_source
@@ -157,7 +157,9 @@ def benchmark(
     encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)
     check_cluster(root)  # on Dask: a GPU worker exists, and the workers see the root
-    sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers] or [None]
+    sources: list[AnswerSource | None] = [
+        answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers
+    ] or [None]
     plans = open_plans(datasets, splits, Selection("", "", limit, sample_seed, shard_size))
     check_shortlist(shortlist, plans)
     progress = RunProgress.attach()  # counts the tasks submitted below, stage by stage

@@ -32,7 +32,7 @@ MARKER_DIR = ".wdys-reach"
 def gpu_resources() -> dict[str, float]:
     """The Dask resource a model task asks for; {} when $WDYS_DASK_GPU_RESOURCE is set empty."""
     raw = settings.DASK_GPU_RESOURCE.get()
-    name = (settings.DASK_GPU_RESOURCE.default if raw is None else raw).strip()
+    name = (settings.DASK_GPU_RESOURCE.text() if raw is None else raw).strip()  # set empty: none
     if not name:
         return {}
     amount = settings.DASK_GPU_AMOUNT.number()

@@ -147,7 +147,7 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
     lookup = _lookup(bench.name)
     matched = {i: lookup.get(name_key(n)) for i, n in enumerate(found)}
     if None not in matched.values() and len(set(matched.values())) == len(found):
-        order = [matched[i] for i in range(len(found))]
+        order = [j for j in matched.values() if j is not None]  # all of them, in the copy's order
         return None if order == list(range(len(found))) else order
     agree = sum(i == j for i, j in matched.items() if j is not None)
     moved = [(found[i], j) for i, j in matched.items() if j is not None and j != i]

@@ -113,9 +113,11 @@ def predict_shard(
     names = shard.class_names
     if exists(path):
         return ShardResult(path, computed=False)
+    if source.shortlist and encoder_id is None:
+        raise ValueError("a shortlist is ranked by an encoder's image embeddings: pass its id")
     listed = (
         shortlisted_classes(root, shard, encoder_id, source.shortlist)
-        if source.shortlist
+        if source.shortlist and encoder_id is not None
         else [list(range(len(names)))] * len(shard.rows)
     )
 
