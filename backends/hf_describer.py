@@ -51,6 +51,7 @@ from backends.hf_spec import (
     trust_remote_code,
 )
 from backends.hf_spec import batch_size as batch_size_setting
+from method.prompts import MAX_NEW_TOKENS
 
 __all__ = ["HFDescriber", "settings_for"]
 
@@ -111,7 +112,9 @@ class HFDescriber:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: str, max_new_tokens: int = 77, batch_size: int | None = None) -> HFDescriber:
+    def load(
+        cls, spec: str, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int | None = None
+    ) -> HFDescriber:
         """Loads eagerly (the revision the key names) so that a wrong id fails the run up front."""
         if spec in _load_failures:
             raise _load_failures[spec]

@@ -54,6 +54,7 @@ from core.settings import (
     OPENAI_TIMEOUT_S,
     OPENAI_TOKEN_PARAM,
 )
+from method.prompts import MAX_NEW_TOKENS
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Requests in flight by default: twice a 64-wide server batch. With 64 in flight a 64-slot server
@@ -182,7 +183,7 @@ class OpenAIDescriber:
         self,
         model: str,
         client: openai.OpenAI,
-        max_new_tokens: int = 77,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         concurrency: int = DEFAULT_CONCURRENCY,
         settings: dict[str, object] | None = None,
         token_param: str = TOKEN_PARAMS[0],
@@ -204,7 +205,7 @@ class OpenAIDescriber:
         self._unavailable: DescriberUnavailable | None = None
 
     @classmethod
-    def load(cls, spec: str, max_new_tokens: int = 77) -> OpenAIDescriber:
+    def load(cls, spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> OpenAIDescriber:
         """Checks the settings and builds the client; sends nothing (the first request tells)."""
         settings = settings_for(spec, max_new_tokens)
         concurrency = max(1, int(OPENAI_CONCURRENCY.number()))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from backends.base import Describer, Encoder
 from core.errors import BadParameter
+from method.prompts import MAX_NEW_TOKENS
 
 ENCODER_SCHEMES = ("open_clip", "offline")
 DESCRIBER_SCHEMES = ("hf", "openai", "offline")
@@ -98,7 +99,7 @@ def load_encoder(model_id: str) -> Encoder:
         return _load_encoder(model_id)
 
 
-def load_describer(model_id: str, max_new_tokens: int = 77) -> Describer:
+def load_describer(model_id: str, max_new_tokens: int = MAX_NEW_TOKENS) -> Describer:
     with _load_lock:
         return _load_describer(model_id, max_new_tokens)
 
@@ -119,7 +120,7 @@ def default_class_samples(model_id: str) -> int:
     return CLASS_DESCRIPTIONS_PER_CLASS // len(CLASS_DESCRIPTION_PROMPTS)
 
 
-def describer_settings(model_id: str, max_new_tokens: int = 77) -> dict[str, object]:
+def describer_settings(model_id: str, max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, object]:
     """Everything a describer's answers depend on, found without loading the model (a cached shard
     must not cost a model load); equal to the loaded describer's `settings()`. It becomes the `gen`
     cache key: backend, model and revision, endpoint, dtype and generation settings."""

@@ -12,6 +12,7 @@ once when its output shard already exists, so a rerun pays only for what is new.
 from __future__ import annotations
 
 from core import settings
+from method.prompts import MAX_NEW_TOKENS
 
 # `python -m flows.benchmark`: the command line's settings, in the environment before Prefect reads it.
 if __name__ == "__main__":
@@ -123,7 +124,7 @@ def benchmark(
     limit: Positive | None = None,
     sample_seed: int | None = None,
     shard_size: Positive = 256,
-    max_new_tokens: Positive = 77,
+    max_new_tokens: Positive = MAX_NEW_TOKENS,
     class_samples: Positive | None = None,
     shortlist: Positive | None = None,
 ) -> dict:

@@ -32,6 +32,9 @@ CLASS_DESCRIPTION_PROMPTS = (
 
 # The authors' code averages 50 class descriptions per class: 10 samples of each of the 5 prompts.
 CLASS_DESCRIPTIONS_PER_CLASS = 50
+# The answers' generation length: CLIP's text context is 77 tokens, so more would be cut anyway
+# (docs/protocol.md). Every default of `max_new_tokens` is this one.
+MAX_NEW_TOKENS = 77
 
 SINGLE_TEMPLATE = "A photo of {c}"
 

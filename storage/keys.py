@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from method.prompts import (
     DESCRIPTION_PROMPT,
+    MAX_NEW_TOKENS,
     PREDICTION_PROMPT,
     class_prompts_hash,
     content_hash,
@@ -51,7 +52,7 @@ class AnswerSource:
 
     describer: str
     settings: str  # JSON of the describer's settings (never a secret): hashed into `gen`
-    max_new_tokens: int = 77
+    max_new_tokens: int = MAX_NEW_TOKENS
     class_samples: int = 10
     shortlist: int | None = None
 
