@@ -1,4 +1,4 @@
-"""The `benchmark` flow: ingest -> describe -> embed -> class weights -> classify -> evaluate.
+"""The `benchmark` flow: ingest -> describe -> embed -> class weights -> classify -> evaluate -> report.
 
 With no describer (`describers=[]`, `--image-only`) it runs the plain zero-shot baseline alone:
 ingest -> embed images -> class weights -> classify -> evaluate.

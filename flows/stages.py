@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from prefect.futures import PrefectFuture
 
 from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
+from method.prompts import AnswerKind
 from storage.keys import AnswerSource, run_keys
 from tasks.answers import for_describer
 from tasks.class_weights import class_weights_task, describe_classes
@@ -46,12 +47,12 @@ def ingest(run: Run, plan: ShardPlan) -> Futures:
 
 def answer(
     run: Run, plan: ShardPlan, manifests: Futures, sources: Sequence[Source], encoders: Sequence[str]
-) -> tuple[dict[tuple[Source, str], Futures], dict[str, Futures]]:
+) -> tuple[dict[tuple[Source, AnswerKind], Futures], dict[str, Futures]]:
     """The describers' answers that no encoder ranks (descriptions; guesses without a shortlist) and
     every encoder's image embeddings. One describer's shards come one after another, a shard's
     description and guess back to back (the describer reads it once), and the image embeddings
     beside the first describer's, so the describer and the encoders work side by side."""
-    answers: dict[tuple[Source, str], Futures] = {}
+    answers: dict[tuple[Source, AnswerKind], Futures] = {}
     images: dict[str, Futures] = {e: [] for e in encoders}
     for i, source in enumerate(sources):
         for s, manifest in enumerate(manifests):
@@ -135,7 +136,7 @@ def embed_answers(
     plan: ShardPlan,
     encoder: str,
     source: Source,
-    answers: dict[tuple[Source, str], Futures],
+    answers: dict[tuple[Source, AnswerKind], Futures],
     images: Futures,
     weights: dict[tuple[str, Source], PrefectFuture],
 ) -> dict[str, Futures]:

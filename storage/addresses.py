@@ -5,6 +5,7 @@ it reads cannot disagree."""
 from __future__ import annotations
 
 from method.fusion import WEIGHTINGS
+from method.prompts import AnswerKind
 from storage.keys import NO_ANSWERS, AnswerSource, Selection, run_keys
 from storage.paths import shard_path
 from storage.schemas import (
@@ -23,7 +24,12 @@ def manifest_shard(root: str, selection: Selection, index: int) -> str:
 
 
 def answers_shard(
-    root: str, selection: Selection, source: AnswerSource, kind: str, index: int, encoder: str | None = None
+    root: str,
+    selection: Selection,
+    source: AnswerSource,
+    kind: AnswerKind,
+    index: int,
+    encoder: str | None = None,
 ) -> str:
     """A describer's answers of one kind; `encoder` ranks a shortlisted prediction's classes."""
     return shard_path(root, DESCRIPTIONS, {**selection.keys(), **source.answer_keys(kind, encoder)}, index)
@@ -34,7 +40,7 @@ def image_embeddings_shard(root: str, selection: Selection, encoder: str, index:
 
 
 def text_embeddings_shard(
-    root: str, selection: Selection, encoder: str, source: AnswerSource, kind: str, index: int
+    root: str, selection: Selection, encoder: str, source: AnswerSource, kind: AnswerKind, index: int
 ) -> str:
     keys = {**selection.keys(), "encoder": encoder, **source.answer_keys(kind, encoder)}
     return shard_path(root, TEXT_EMBEDDINGS, keys, index)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from method.prompts import (
-    DESCRIPTION_PROMPT,
     MAX_NEW_TOKENS,
-    PREDICTION_PROMPT,
+    PROMPT_OF_KIND,
+    AnswerKind,
     class_prompts_hash,
     content_hash,
     image_prompts_hash,
@@ -59,10 +59,10 @@ class AnswerSource:
     def _gen(self) -> str:
         return content_hash({"settings": self.settings})
 
-    def answer_keys(self, kind: str, encoder: str | None = None) -> dict[str, str]:
+    def answer_keys(self, kind: AnswerKind, encoder: str | None = None) -> dict[str, str]:
         """Keys of one kind of image answer. Descriptions never depend on the encoder; predictions
         do only through a shortlist."""
-        prompt = DESCRIPTION_PROMPT if kind == "description" else PREDICTION_PROMPT
+        prompt = PROMPT_OF_KIND[kind]
         shortlisted = kind == "prediction" and self.shortlist is not None
         if shortlisted and encoder is None:
             raise ValueError("a shortlisted prediction needs the encoder that ranks the classes")
@@ -103,7 +103,7 @@ def run_answer_keys(run: dict[str, str]) -> list[dict[str, str]]:
     if partition_value(run["describer"]) == NONE or run["prompts"] != image_prompts_hash():
         return []
     keys = []
-    for kind, prompt in (("description", DESCRIPTION_PROMPT), ("prediction", PREDICTION_PROMPT)):
+    for kind, prompt in PROMPT_OF_KIND.items():
         shortlist = run.get("shortlist", NONE)
         if kind == "prediction" and shortlist != NONE:
             shortlist = shortlist_key(shortlist, run["encoder"])

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
+from method.prompts import ANSWER_KINDS
 from storage.addresses import (
     class_weights_shard,
     image_embeddings_shard,
@@ -46,7 +47,7 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
     if source is None:
         return components
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
-    for kind in ("description", "prediction"):
+    for kind in ANSWER_KINDS:
         texts = read_table(text_embeddings_shard(root, sel, encoder_id, source, kind, shard.index))
         vectors = np.full_like(components["image"], np.nan)
         vectors[[order[i] for i in texts.column("image_id").to_pylist()]] = normalize(

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from backends.registry import load_encoder
+from method.prompts import AnswerKind
 from sources.images import decode_manifest
 from storage.addresses import answers_shard, image_embeddings_shard, manifest_shard, text_embeddings_shard
 from storage.io import read_table
@@ -58,7 +59,7 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
 
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=[MODEL_TAG])
 def embed_texts_shard(
-    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: str
+    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: AnswerKind
 ) -> ShardResult:
     """Embed one kind of answer ('description' or 'prediction') of one shard."""
     sel = shard.selection

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -31,8 +31,12 @@ from prefect.logging.loggers import PrefectLogAdapter
 
 from core import settings
 
+# The stages a run reports, in order; the flow's docstring and docs/architecture.md use these names.
+StageName = Literal["ingest", "describe", "embed", "class weights", "classify"]
+ORDER: tuple[StageName, ...] = get_args(StageName)
+
 # Task name -> stage; tasks not listed (plan, evaluate, report) are not tracked.
-STAGES = {
+STAGES: dict[str, StageName] = {
     "ingest": "ingest",
     "describe": "describe",
     "predict": "describe",
@@ -42,7 +46,6 @@ STAGES = {
     "class-weights": "class weights",
     "classify": "classify",
 }
-ORDER = ("ingest", "describe", "embed", "class weights", "classify")
 LOGGER = "prefect.flow_runs.progress"
 
 
