@@ -163,8 +163,7 @@ def benchmark(
     ] or [None]
     plans = open_plans(datasets, splits, Selection("", "", limit, sample_seed, shard_size))
     check_shortlist(shortlist, plans)
-    progress = RunProgress.attach()  # counts the tasks submitted below, stage by stage
-    run = stages.Run(root)
+    run = stages.Run(root, RunProgress.for_this_run())  # counts the tasks it submits, stage by stage
     for plan in plans:
         manifests = stages.ingest(run, plan)
         answers, images = stages.answer(run, plan, manifests, sources, encoders)
@@ -174,7 +173,7 @@ def benchmark(
             for source in sources:
                 texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
                 stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
-    results = progress.wait(run.futures)
+    results = run.progress.wait(run.futures)
     record_keys(root, [p.selection for p in plans], encoders, [s for s in sources if s], class_weights)
     rows = evaluate(root, run.runs)
     return summarize(rows, results, root, report_task(root, run.runs), time.perf_counter() - started)

@@ -25,6 +25,7 @@ from storage.schemas import PREDICTIONS
 from tasks.cache import ShardResult, cached_shard
 from tasks.class_weights import read_class_weights
 from tasks.plan import Shard
+from tasks.progress import stage
 
 TOP = 5
 
@@ -57,6 +58,7 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
     return components
 
 
+@stage("classify")
 @task(cache_policy=NO_CACHE, name="classify")
 def classify_shard(
     root: str, shard: Shard, encoder_id: str, source: AnswerSource | None, weighting: str

@@ -29,6 +29,7 @@ from tasks.cache import ShardResult
 from tasks.class_weights import read_class_weights
 from tasks.classify import embeddings_or_nan
 from tasks.plan import Shard
+from tasks.progress import stage
 from tasks.slots import exclusive
 
 
@@ -88,6 +89,7 @@ def answer_images(
     return answer_shard(path, ["image_id"], ids, ask, rows)
 
 
+@stage("describe")
 @describer_task("describe")
 def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
     path = answers_shard(root, shard.selection, source, "description", shard.index)
@@ -104,6 +106,7 @@ def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> lis
     return shortlist(scores, k)
 
 
+@stage("describe")
 @describer_task("predict")
 def predict_shard(
     root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None

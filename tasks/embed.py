@@ -16,6 +16,7 @@ from storage.keys import AnswerSource
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
+from tasks.progress import stage
 from tasks.slots import MODEL_TAG, exclusive
 
 
@@ -28,6 +29,7 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([not p for p in present]))
 
 
+@stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-images", tags=[MODEL_TAG])
 def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     sel = shard.selection
@@ -57,6 +59,7 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     return cached_shard(path, compute)
 
 
+@stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=[MODEL_TAG])
 def embed_texts_shard(
     root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: AnswerKind
