@@ -63,27 +63,16 @@ def answer(
     answers: dict[tuple[Source, AnswerKind], Futures] = {}
     images: dict[str, Futures] = {e: [] for e in encoders}
     for i, source in enumerate(sources):
+        kinds: list[tuple[AnswerKind, Task]] = []
+        if source is not None:
+            kinds.append(("description", for_describer(describe_shard, source.describer)))
+            if source.shortlist is None:  # a shortlisted guess waits for an encoder (embed_answers)
+                kinds.append(("prediction", for_describer(predict_shard, source.describer)))
         for s, manifest in enumerate(manifests):
             shard = plan.shard(s)
-            if source is not None:
-                answers.setdefault((source, "description"), []).append(
-                    run.submit(
-                        for_describer(describe_shard, source.describer),
-                        run.root,
-                        shard,
-                        source,
-                        wait_for=[manifest],
-                    )
-                )
-            if source is not None and source.shortlist is None:
-                answers.setdefault((source, "prediction"), []).append(
-                    run.submit(
-                        for_describer(predict_shard, source.describer),
-                        run.root,
-                        shard,
-                        source,
-                        wait_for=[manifest],
-                    )
+            for kind, shard_task in kinds:
+                answers.setdefault((source, kind), []).append(
+                    run.submit(shard_task, run.root, shard, source, wait_for=[manifest])
                 )
             for encoder in encoders if i == 0 else ():
                 images[encoder].append(
