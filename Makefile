@@ -4,18 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SQL    ?= select * from metrics
 
-# Offline-friendly Prefect and Hugging Face settings (no telemetry, no UI assets, no hub calls).
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export DO_NOT_TRACK ?= 1
-export PREFECT_SERVER_UI_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-# Prefect's own INFO lines (one per task run) stay hidden; the run's progress lines are logged by
-# `prefect.flow_runs.progress` at a level of their own (tasks/progress.py), so they always show.
-export PREFECT_LOGGING_LEVEL ?= WARNING
-export TOKENIZERS_PARALLELISM ?= false
-# torch's OpenMP threads sleep instead of spinning while they wait: the same speed on an idle
-# machine, up to 3x faster on a shared one (docs/BENCHMARKS.md).
-export OMP_WAIT_POLICY ?= PASSIVE
+# Offline-friendly Prefect and Hugging Face settings (no telemetry, no UI assets, no hub calls),
+# declared once in core/settings.py (`python -m core.settings` prints them; standard library
+# only, so any python3 reads them); a value already in the environment wins.
+LOCAL_DEFAULTS := $(shell $(PYTHON) -m core.settings)
+$(foreach setting,$(LOCAL_DEFAULTS),$(eval export $(subst =, ?= ,$(setting))))
 
 # A local Prefect server for deployments: SQLite under .prefect/, on 127.0.0.1 only.
 PREFECT_PORT ?= 4200
@@ -30,11 +23,16 @@ $(BIN)/.installed: requirements.lock
 	$(BIN)/pip install -qq -r requirements.lock
 	touch $@
 
-setup: $(BIN)/.installed
+# The project itself, editable: `.venv/bin/wdys` runs this checkout's code from any folder.
+$(BIN)/wdys: $(BIN)/.installed pyproject.toml
+	$(BIN)/pip install -qq --no-deps --no-build-isolation -e .
+	touch $@
 
-# The in-process temporary Prefect server logs spurious errors when it shuts down; hide only those.
+setup: $(BIN)/.installed $(BIN)/wdys
+
+# `wdys run` adds the command line's own settings (core/settings.py).
 run: setup
-	PREFECT_SERVER_LOGGING_LEVEL=CRITICAL $(BIN)/python -m wdys run $(ARGS)
+	$(BIN)/python -m wdys run $(ARGS)
 
 test: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -42,6 +40,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format .

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from storage.errors import UserError
+from core.errors import UserError
 
 
 class DescriberUnavailable(UserError):
@@ -82,7 +82,11 @@ class Encoder(Protocol):
     model_id: str
     dim: int
     context_length: int
-    forward_passes: int  # batches run through the model since load; the cache tests count these
+
+    @property
+    def forward_passes(self) -> int:
+        """Batches run through the model since load; the cache tests count these."""
+        ...
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, dim) float32, not normalised."""
@@ -98,7 +102,9 @@ class Describer(Protocol):
     """A multimodal LLM (or a stand-in) that answers prompts about images and about class names."""
 
     model_id: str
-    forward_passes: int
+
+    @property
+    def forward_passes(self) -> int: ...
 
     def settings(self) -> dict[str, object]:
         """Everything the answers depend on (backend, model and revision, endpoint, dtype, generation

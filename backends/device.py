@@ -8,11 +8,13 @@ import os
 
 import torch
 
+from core import settings
+
 
 def pick_device() -> torch.device:
     """$WDYS_DEVICE, else `cuda` when there is one, else the CPU, which it says (once per process):
     a GPU worker without a working CUDA setup would otherwise run its models on the CPU unnoticed."""
-    wanted = os.environ.get("WDYS_DEVICE")
+    wanted = settings.DEVICE.text()
     if wanted:
         return torch.device(wanted)
     if torch.cuda.is_available():

@@ -32,6 +32,7 @@ from transformers import (
     AutoProcessor,
     BatchFeature,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     ProcessorMixin,
 )
 
@@ -50,6 +51,7 @@ from backends.hf_spec import (
     trust_remote_code,
 )
 from backends.hf_spec import batch_size as batch_size_setting
+from method.prompts import MAX_NEW_TOKENS
 
 __all__ = ["HFDescriber", "settings_for"]
 
@@ -128,7 +130,7 @@ class HFDescriber:
     def load(
         cls,
         spec: str,
-        max_new_tokens: int = 77,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         batch_size: int | None = None,
         keyed: dict[str, object] | None = None,
     ) -> HFDescriber:
@@ -138,7 +140,7 @@ class HFDescriber:
         local dir edited since) refuses (`backends.base.same_settings`)."""
         if spec in _load_failures:
             raise _load_failures[spec]
-        settings = settings_for(spec, max_new_tokens, keyed and str(keyed["revision"]))
+        settings = settings_for(spec, max_new_tokens, str(keyed["revision"]) if keyed else None)
         if keyed is not None:
             same_settings(f"hf:{spec}", keyed, settings)
         try:
@@ -311,13 +313,15 @@ class HFDescriber:
 
     def _generate(self, inputs: BatchFeature, **gen_kwargs: object) -> list[Answer]:
         """One greedy `generate()` call (sampling, where asked, is the logits processor's)."""
-        inputs = inputs.to(self._model.device, dtype=self._model.dtype)
+        model = self._model
+        assert model is not None, "_ensure_loaded() comes first"
+        inputs = inputs.to(model.device, dtype=model.dtype)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         width = inputs["input_ids"].shape[1]
         self.forward_passes += 1
         started = time.perf_counter()
         with torch.inference_mode():
-            output = self._model.generate(
+            output = model.generate(
                 **inputs, max_new_tokens=self._max_new_tokens, do_sample=False, num_beams=1, **gen_kwargs
             )
         new_tokens = output[:, width:].cpu()
@@ -339,7 +343,7 @@ class HFDescriber:
         return answers
 
 
-def _left_padding(processor: ProcessorMixin) -> object:
+def _left_padding(processor: ProcessorMixin) -> PreTrainedTokenizerBase:
     """The processor's tokenizer, padding on the left: generation continues each row at its right end."""
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"

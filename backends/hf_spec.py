@@ -8,18 +8,17 @@ its files, so that retraining or editing a model in place is a new key.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from backends.base import DescriberUnavailable
 from backends.content import dir_content_hash
 from backends.device import pick_device, pick_dtype
+from core.settings import HF_BATCH_SIZE, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_RESIDENT, TRUST_REMOTE_CODE
 
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
 DEFAULT_BATCH_SIZE = 8
 AUTO_BATCH_START = 64  # where the automatic batch size starts halving
 UNRESOLVED = "unresolved"
-_TRUE = ("1", "true", "yes", "on")
 
 
 def is_local(spec: str) -> bool:
@@ -43,7 +42,7 @@ def model_name(spec: str) -> str:
 
 def trust_remote_code() -> bool:
     """Models whose code lives in their repo run it only when the user opts in."""
-    return os.environ.get("WDYS_TRUST_REMOTE_CODE", "").strip().lower() in _TRUE
+    return TRUST_REMOTE_CODE.flag()
 
 
 def batch_size() -> int | None:
@@ -51,7 +50,7 @@ def batch_size() -> int | None:
     `auto` (None): the largest batch that fits, found once per model and device by halving from
     `AUTO_BATCH_START` on out-of-memory. Default: `auto` on CUDA, 8 elsewhere (a CPU does not run
     out of memory gracefully, and batching gains little there)."""
-    raw = os.environ.get("WDYS_HF_BATCH_SIZE", "").strip().lower()
+    raw = HF_BATCH_SIZE.text().lower()
     if not raw:
         return None if pick_device().type == "cuda" else DEFAULT_BATCH_SIZE
     if raw == "auto":
@@ -64,7 +63,7 @@ def batch_size() -> int | None:
 def resident_limit() -> int:
     """VLMs kept loaded per device at once (WDYS_HF_RESIDENT, default 1; 0: no limit): loading one
     more releases the least recently used one first."""
-    raw = os.environ.get("WDYS_HF_RESIDENT", "").strip()
+    raw = HF_RESIDENT.text()
     if not raw:
         return 1
     if not raw.isdigit():
@@ -73,15 +72,15 @@ def resident_limit() -> int:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    return HF_HUB_OFFLINE.flag()
 
 
 def hub_cache() -> Path:
     """HF_HUB_CACHE or HF_HOME/hub as the environment says now (huggingface_hub reads it at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
+    if HF_HUB_CACHE.text():
+        return Path(HF_HUB_CACHE.text())
+    if HF_HOME.text():
+        return Path(HF_HOME.text()) / "hub"
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)

@@ -162,7 +162,7 @@ class BudgetedHttpClient(openai.DefaultHttpxClient):
         super().__init__(**kwargs)
         self.budget = budget
 
-    def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:  # type: ignore[override]
+    def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
         """One attempt per slot. An attempt refused for overload among others in flight is sent
         again as soon as the lowered budget has a slot (after any Retry-After), up to
         `OVERLOAD_RESENDS` times, before the client's own timed backoff: the server did not take

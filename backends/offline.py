@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.transforms import v2 as T
 
 from backends.base import Answer, TextEmbeddings
-from method.prompts import class_description_prompts
+from method.prompts import MAX_NEW_TOKENS, class_description_prompts
 
 TOP_K = 10
 _REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
@@ -271,12 +271,12 @@ OFFLINE_ENCODERS = {"conse-lite0-minilm": "lite0", "conse-lite2-minilm": "lite2"
 OFFLINE_DESCRIBERS = {"lite2-labels": "lite2", "lite0-labels": "lite0"}
 
 
-def settings_for(name: str, max_new_tokens: int = 77) -> dict[str, object]:
+def settings_for(spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, object]:
     """What the stand-in's answers depend on (it generates no tokens: `max_new_tokens` is moot)."""
     return {
         "backend": "offline",
-        "model": name,
-        "weights": OFFLINE_DESCRIBERS[name],
+        "model": spec,
+        "weights": OFFLINE_DESCRIBERS[spec],
         "top_labels": 3,
         "conse_k": TOP_K,
     }

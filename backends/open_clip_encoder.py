@@ -27,7 +27,6 @@ pixels are pinned and copied without blocking.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,12 +42,13 @@ from PIL import Image
 from backends.base import TextEmbeddings
 from backends.content import content_hash
 from backends.device import pick_device
-from storage.errors import BadParameter
+from core import settings
+from core.errors import BadParameter
 
 _SCHEMES = ("local-dir:", "hf-hub:")
 ACTIVATIONS = {"quickgelu": True, "gelu": False}  # the `#` suffix that forces an activation
 PRECISIONS = {"fp32": None, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}  # the `+` suffix
-PRECISION_ENV = "WDYS_CLIP_PRECISION"
+PRECISION_ENV = settings.CLIP_PRECISION.name
 CONTENT_MARK = "@sha256-"  # what follows a local checkpoint's or folder's path: its content hash
 
 
@@ -62,7 +62,7 @@ def split_precision(spec: str) -> tuple[str, str]:
 
 def default_precision(device: torch.device) -> str:
     """What $WDYS_CLIP_PRECISION asks for on `device`: `auto` autocasts on CUDA only."""
-    wanted = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    wanted = settings.CLIP_PRECISION.text().lower()
     if wanted != "auto":
         if wanted not in PRECISIONS:
             raise ValueError(f"{PRECISION_ENV} must be auto, {', '.join(PRECISIONS)}; not {wanted!r}")

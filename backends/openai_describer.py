@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,22 +47,28 @@ from PIL import Image
 
 from backends.base import Answer, DescriberUnavailable, sample_seed
 from backends.inflight import BudgetedHttpClient, budget_for, next_batch, queued_as
+from core.settings import (
+    OPENAI_API_KEY,
+    OPENAI_BASE_URL,
+    OPENAI_CONCURRENCY,
+    OPENAI_EXTRA_BODY,
+    OPENAI_MAX_RETRIES,
+    OPENAI_TEMPERATURE,
+    OPENAI_TIMEOUT_S,
+    OPENAI_TOKEN_PARAM,
+)
+from method.prompts import MAX_NEW_TOKENS
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Requests in flight by default: twice a 64-wide server batch. With 64 in flight a 64-slot server
 # idles for every round trip (a bare client reached 88% of its rate, 98% with 128; docs/BENCHMARKS.md).
-DEFAULT_CONCURRENCY = 128
+DEFAULT_CONCURRENCY = int(str(OPENAI_CONCURRENCY.default))
 GREEDY_TEMPERATURE = 0.0
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
 TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
 _MAX_ERROR_CHARS = 300
 
 T = TypeVar("T")
-
-
-def _env_number(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
 
 
 def endpoint_identity(base_url: str | None) -> str:
@@ -82,7 +87,7 @@ def endpoint_identity(base_url: str | None) -> str:
 
 
 def _extra_body() -> dict[str, Any]:
-    raw = os.environ.get("WDYS_OPENAI_EXTRA_BODY", "").strip()
+    raw = OPENAI_EXTRA_BODY.text()
     if not raw:
         return {}
     try:
@@ -97,14 +102,14 @@ def _extra_body() -> dict[str, Any]:
 
 
 def _token_param() -> str:
-    value = os.environ.get("WDYS_OPENAI_TOKEN_PARAM", "").strip() or TOKEN_PARAMS[0]
+    value = OPENAI_TOKEN_PARAM.text()
     if value not in TOKEN_PARAMS:
         raise DescriberUnavailable(f"WDYS_OPENAI_TOKEN_PARAM must be one of {TOKEN_PARAMS}, not {value!r}")
     return value
 
 
 def _omit_temperature() -> bool:
-    value = os.environ.get("WDYS_OPENAI_TEMPERATURE", "").strip().lower()
+    value = OPENAI_TEMPERATURE.text().lower()
     if value not in ("", "omit"):
         raise DescriberUnavailable(f"WDYS_OPENAI_TEMPERATURE can only be 'omit' (or unset), not {value!r}")
     return value == "omit"
@@ -120,7 +125,7 @@ def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
     return {
         "backend": "openai",
         "model": spec,
-        "endpoint": endpoint_identity(os.environ.get("OPENAI_BASE_URL")),
+        "endpoint": endpoint_identity(OPENAI_BASE_URL.text()),
         "max_new_tokens": max_new_tokens,
         "temperature": "omitted" if omit else GREEDY_TEMPERATURE,
         "class_temperature": "omitted" if omit else CLASS_TEMPERATURE,
@@ -182,7 +187,7 @@ def _server_message(exc: openai.APIStatusError) -> str:
 class OpenAIDescriber:
     """Each image (or class-description sample) is its own request, so one failure costs one answer.
 
-    Thread-safe: tasks may call it for several shards at once (`tasks.cache.exclusive` then takes no
+    Thread-safe: tasks may call it for several shards at once (`tasks.slots.exclusive` then takes no
     lock); the in-flight budget bounds the requests, and each thread counts its own answers."""
 
     concurrent_shards = True
@@ -191,7 +196,7 @@ class OpenAIDescriber:
         self,
         model: str,
         client: openai.OpenAI,
-        max_new_tokens: int = 77,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         concurrency: int = DEFAULT_CONCURRENCY,
         settings: dict[str, object] | None = None,
         token_param: str = TOKEN_PARAMS[0],
@@ -212,16 +217,16 @@ class OpenAIDescriber:
         self._unavailable: DescriberUnavailable | None = None
 
     @classmethod
-    def load(cls, spec: str, max_new_tokens: int = 77) -> OpenAIDescriber:
+    def load(cls, spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> OpenAIDescriber:
         """Checks the settings and builds the client; sends nothing (the first request tells)."""
         settings = settings_for(spec, max_new_tokens)
-        concurrency = max(1, int(_env_number("WDYS_OPENAI_CONCURRENCY", DEFAULT_CONCURRENCY)))
+        concurrency = max(1, int(OPENAI_CONCURRENCY.number()))
         budget = budget_for(str(settings["endpoint"]), spec, concurrency)
         client = openai.OpenAI(
-            base_url=os.environ.get("OPENAI_BASE_URL") or None,
-            api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            timeout=_env_number("WDYS_OPENAI_TIMEOUT_S", 60.0),
-            max_retries=int(_env_number("WDYS_OPENAI_MAX_RETRIES", 4)),
+            base_url=OPENAI_BASE_URL.text() or None,
+            api_key=OPENAI_API_KEY.text(),
+            timeout=OPENAI_TIMEOUT_S.number(),
+            max_retries=int(OPENAI_MAX_RETRIES.number()),
             http_client=BudgetedHttpClient(budget),
         )
         return cls(spec, client, max_new_tokens, concurrency, settings=settings, token_param=_token_param())

@@ -19,7 +19,8 @@ from functools import cache
 from pathlib import Path
 
 from backends.base import Describer, Encoder, same_settings
-from storage.errors import BadParameter
+from core.errors import BadParameter
+from method.prompts import MAX_NEW_TOKENS
 
 ENCODER_SCHEMES = ("open_clip", "offline")
 DESCRIBER_SCHEMES = ("hf", "openai", "offline")
@@ -101,7 +102,9 @@ def load_encoder(model_id: str) -> Encoder:
         return _load_encoder(model_id)
 
 
-def load_describer(model_id: str, max_new_tokens: int = 77, settings: str | None = None) -> Describer:
+def load_describer(
+    model_id: str, max_new_tokens: int = MAX_NEW_TOKENS, settings: str | None = None
+) -> Describer:
     """`settings`: the JSON a run's key was made from (`storage.keys.AnswerSource.settings`, resolved
     on the flow's machine). The describer answers with exactly those (an `hf:` model at their
     revision), or refuses with `DescriberUnavailable` where this process would answer otherwise."""
@@ -125,19 +128,23 @@ def default_class_samples(model_id: str) -> int:
     return CLASS_DESCRIPTIONS_PER_CLASS // len(CLASS_DESCRIPTION_PROMPTS)
 
 
-def describer_settings(model_id: str, max_new_tokens: int = 77) -> dict[str, object]:
+def describer_settings(model_id: str, max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, object]:
     """Everything a describer's answers depend on, found without loading the model (a cached shard
     must not cost a model load); equal to the loaded describer's `settings()`. It becomes the `gen`
     cache key: backend, model and revision, endpoint, dtype and generation settings."""
     validate_describer_id(model_id)
     scheme, spec = split_model_id(model_id)
     if scheme == "hf":
-        from backends.hf_describer import settings_for
-    elif scheme == "openai":
-        from backends.openai_describer import settings_for
-    else:
-        from backends.offline import settings_for
-    return settings_for(spec, max_new_tokens)
+        from backends.hf_describer import settings_for as hf_settings
+
+        return hf_settings(spec, max_new_tokens)
+    if scheme == "openai":
+        from backends.openai_describer import settings_for as openai_settings
+
+        return openai_settings(spec, max_new_tokens)
+    from backends.offline import settings_for as offline_settings
+
+    return offline_settings(spec, max_new_tokens)
 
 
 @cache

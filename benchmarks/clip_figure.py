@@ -38,7 +38,7 @@ def compare(
 ) -> list[dict]:
     """`runs` cold runs of each side, alternating; figure = median flow wall / median peer wall."""
     from benchmarks import clip_benchmark_peer as peer
-    from benchmarks.bench import run_flow_process, verdict
+    from benchmarks.figures import run_flow_process, verdict
     from sources.registry import shared_datasets_dir
 
     python = peer.ensure_env()

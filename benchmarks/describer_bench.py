@@ -50,8 +50,8 @@ from transformers import (
 
 from backends.device import pick_dtype
 from backends.hf_describer import HFDescriber
-from benchmarks.bench import verdict
 from benchmarks.devdata import default_parquet, read_dir, read_parquet
+from benchmarks.figures import verdict
 
 PROMPT = "Describe this image in one sentence."
 TARGET_RATIO = 1.10

@@ -61,7 +61,7 @@ def build_qwen2_vl_2b(path: Path, max_new_tokens: int) -> Path:
         Qwen2VLVideoProcessor,
     )
 
-    from tests.tiny_vlms import _generic_template, tokenizer
+    from fakes.tiny_vlms import _generic_template, tokenizer
 
     template = _generic_template("<|vision_start|><|image_pad|><|vision_end|>")
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
@@ -149,7 +149,7 @@ def describer(images: int, max_new_tokens: int, batches: tuple[int, ...] = (1, 8
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from backends.hf_describer import HFDescriber
-    from benchmarks.bench import verdict
+    from benchmarks.figures import verdict
 
     pictures = cifar_images(images)
     rows, speeds = [], {}

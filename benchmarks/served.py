@@ -6,7 +6,7 @@ The describe and predict tasks of N CIFAR-10 test images (2N requests) run as th
 them: Prefect tasks on the flow's bounded thread pool ($WDYS_TASK_THREADS), shards submitted in order,
 default describer settings, timed inside the flow run from the first submission to the last result
 (a run pays Prefect's flow start and end, about 1 s, once, not per 1,024 requests; the raw numbers
-show both). The server (tests/fake_chat_server.py, in its own process so that it does not share the
+show both). The server (fakes/chat_server.py, in its own process so that it does not share the
 client's GIL) holds one of its 64 batch slots for each request's 0.5 s of compute, parsing and
 replying outside them as a serving engine does; it counts the requests it answered and refused:
 every image must end with a stored answer, and the server must have answered exactly 2N requests
@@ -64,7 +64,7 @@ def serve(delay_s: float, at_once: int | None, reject_above: int | None) -> None
     wait, as in a batching server's queue), or 429 at once above `reject_above` in flight.
     GET /stats answers its counters as JSON."""
     sys.path.insert(0, str(REPO))
-    from tests.fake_chat_server import ChatHandler, FakeChatServer
+    from fakes.chat_server import ChatHandler, FakeChatServer
 
     slots = FirstComeSlots(at_once) if at_once else None
 
@@ -163,7 +163,7 @@ def measure(images: int, shard_size: int, at_once: int | None, reject_above: int
 
 
 def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
-    from benchmarks.bench import verdict
+    from benchmarks.figures import verdict
     from flows.benchmark import benchmark
 
     with tempfile.TemporaryDirectory() as root:

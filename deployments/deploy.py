@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,14 +34,14 @@ from prefect.flows import Flow
 from prefect.runner.storage import create_storage_from_source
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
+from core import settings
+from core.errors import UserError
 from method.fusion import CLASS_WEIGHTINGS
 from sources.benchmarks import PAPER_BENCHMARKS
-from storage.errors import UserError
-from tasks.cache import GPU_LIMIT_ENV, GPU_SLOTS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-WORK_POOL = "wdys-process"
-GPU_LIMIT = "gpu"  # the prefix of the per-device limits `gpu-<host>-<device>` (tasks/cache.py)
+WORK_POOL = str(settings.WORK_POOL.default)
+GPU_LIMIT = "gpu"  # the prefix of the per-device limits `gpu-<host>-<device>` (tasks/slots.py)
 
 QUICK = {"datasets": ["cifar10"], "splits": ["dev"]}  # the flow's defaults: the offline profile
 
@@ -58,9 +57,8 @@ PAPER = {
 }
 
 JOB_ENV = {
-    GPU_LIMIT_ENV: GPU_LIMIT,  # model compute takes a slot of its device's limit, strictly
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
+    settings.GPU_LIMIT.name: GPU_LIMIT,  # model compute takes a slot of its device's limit, strictly
+    **settings.OFFLINE,
 }
 
 
@@ -83,7 +81,7 @@ class Target:
         """The job variables of every deployment. A folder source is the code's import root too;
         for a git source, set PYTHONPATH (or install the project in the image) with `--env`."""
         code = {} if "://" in self.source or self.source.endswith(".git") else {"PYTHONPATH": self.source}
-        env = {**JOB_ENV, GPU_SLOTS_ENV: str(self.gpu_slots), **code, **self.env}
+        env = {**JOB_ENV, settings.GPU_SLOTS.name: str(self.gpu_slots), **code, **self.env}
         return {**self.job_variables, "env": env}
 
 
@@ -160,30 +158,29 @@ def key_values(pairs: list[str], what: str, parse: Callable[[str], object] = str
 
 
 def parse_target(argv: list[str] | None) -> tuple[Target, bool]:
-    env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m deployments.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--no-schedules", action="store_true", help="leave out the cron schedules (tests)")
-    parser.add_argument(
-        "--pool", default=env("WDYS_WORK_POOL", WORK_POOL), help="work pool ($WDYS_WORK_POOL)"
-    )
+    parser.add_argument("--pool", default=settings.WORK_POOL.text(), help="work pool ($WDYS_WORK_POOL)")
     parser.add_argument(
         "--pool-type",
-        default=env("WDYS_WORK_POOL_TYPE", "process"),
+        default=settings.WORK_POOL_TYPE.text(),
         help="type the pool is created with when missing: process, docker, kubernetes, ..."
         " ($WDYS_WORK_POOL_TYPE)",
     )
     parser.add_argument(
-        "--image", default=env("WDYS_IMAGE"), help="job image, for docker/kubernetes pools ($WDYS_IMAGE)"
+        "--image",
+        default=settings.IMAGE.text() or None,
+        help="job image, for docker/kubernetes pools ($WDYS_IMAGE)",
     )
     parser.add_argument(
         "--source",
-        default=env("WDYS_SOURCE", str(REPO)),
+        default=settings.SOURCE.text() or str(REPO),
         help="where a flow run finds the code: a folder on the machine or in the image, or a git URL"
         " ($WDYS_SOURCE; default: this checkout)",
     )
     parser.add_argument(
         "--suffix",
-        default=env("WDYS_DEPLOYMENT_SUFFIX", ""),
+        default=settings.DEPLOYMENT_SUFFIX.text(),
         help="appended to every deployment name, e.g. -k8s for benchmark/quick-k8s ($WDYS_DEPLOYMENT_SUFFIX)",
     )
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment")
@@ -197,7 +194,7 @@ def parse_target(argv: list[str] | None) -> tuple[Target, bool]:
     parser.add_argument(
         "--gpu-slots",
         type=int,
-        default=int(env(GPU_SLOTS_ENV, "1")),
+        default=settings.GPU_SLOTS.integer(),
         help="models computing at once on one device; sizes each per-device limit when it is created",
     )
     args = parser.parse_args(argv)
@@ -206,7 +203,7 @@ def parse_target(argv: list[str] | None) -> tuple[Target, bool]:
         pool_type=args.pool_type,
         image=args.image or None,
         source=args.source,
-        env=key_values(args.env, "--env"),
+        env={key: str(value) for key, value in key_values(args.env, "--env").items()},
         job_variables=key_values(args.job_variable, "--job-variable", json.loads),
         gpu_slots=args.gpu_slots,
         suffix=args.suffix,

@@ -1,4 +1,4 @@
-"""The `benchmark` flow: ingest -> describe -> embed -> class weights -> classify -> evaluate.
+"""The `benchmark` flow: ingest -> describe -> embed -> class weights -> classify -> evaluate -> report.
 
 With no describer (`describers=[]`, `--image-only`) it runs the plain zero-shot baseline alone:
 ingest -> embed images -> class weights -> classify -> evaluate.
@@ -11,9 +11,17 @@ once when its output shard already exists, so a rerun pays only for what is new.
 
 from __future__ import annotations
 
+from core import settings
+from method.prompts import MAX_NEW_TOKENS
+
+# `python -m flows.benchmark`: the command line's settings, in the environment before Prefect reads it.
+if __name__ == "__main__":
+    from core.settings import COMMAND_LINE, apply_defaults
+
+    apply_defaults(COMMAND_LINE)
+
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections import Counter
@@ -24,17 +32,17 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
+from core.errors import BadParameter, UserError
 from flows import stages
 from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
-from storage.errors import BadParameter, UserError
-from storage.keys import Selection
+from storage.keys import AnswerSource, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
 from tasks.describe import answer_source
 from tasks.evaluate import evaluate, format_table
-from tasks.lookup import record_keys
+from tasks.key_values import record_keys
 from tasks.plan import ShardPlan, plan_dataset
 from tasks.progress import RunProgress
 from tasks.report import report as report_task
@@ -92,7 +100,7 @@ def task_threads() -> int:
     per submitted task: every waiting shard task then held a thread (and torch's thread pool for
     it), so memory grew with the dataset. Tasks are submitted in dependency order and the pool is
     first in, first out, so a bounded pool cannot deadlock."""
-    threads = int(os.environ.get("WDYS_TASK_THREADS", "4"))
+    threads = settings.TASK_THREADS.integer()
     if threads < 2:
         raise BadParameter("WDYS_TASK_THREADS must be at least 2: one shard computes while the next is read")
     return threads
@@ -116,7 +124,7 @@ def benchmark(
     limit: Positive | None = None,
     sample_seed: int | None = None,
     shard_size: Positive = 256,
-    max_new_tokens: Positive = 77,
+    max_new_tokens: Positive = MAX_NEW_TOKENS,
     class_samples: Positive | None = None,
     shortlist: Positive | None = None,
 ) -> dict:
@@ -151,11 +159,12 @@ def benchmark(
     encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)
     check_cluster(root)  # on Dask: a GPU worker exists, and the workers see the root
-    sources = [answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers] or [None]
+    sources: list[AnswerSource | None] = [
+        answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers
+    ] or [None]
     plans = open_plans(datasets, splits, Selection("", "", limit, sample_seed, shard_size))
     check_shortlist(shortlist, plans)
-    progress = RunProgress.attach()  # counts the tasks submitted below, stage by stage
-    run = stages.Run(root)
+    run = stages.Run(root, RunProgress.for_this_run())  # counts the tasks it submits, stage by stage
     for plan in plans:
         manifests = stages.ingest(run, plan)
         answers, images = stages.answer(run, plan, manifests, sources, encoders)
@@ -165,7 +174,7 @@ def benchmark(
             for source in sources:
                 texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
                 stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
-    results = progress.wait(run.futures)
+    results = run.progress.wait(run.futures)
     selections, names = [p.selection for p in plans], [p.class_names for p in plans]
     record_keys(root, selections, names, encoders, [s for s in sources if s], class_weights)
     rows = evaluate(root, run.runs)
@@ -251,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from wdys.cli import guarded  # a user's mistake: one `error: ...` line, exit status 2
+    from core import lifeline
+    from core.guard import guarded  # a user's mistake: one `error: ...` line, exit status 2
 
+    lifeline.start()  # the temporary Prefect server dies with this run, however it ends
     sys.exit(guarded(main, sys.argv[1:]))

@@ -12,7 +12,6 @@ storage root: the flow writes a marker file there and each worker must read it b
 
 from __future__ import annotations
 
-import os
 import uuid
 from contextlib import nullcontext
 from typing import Any
@@ -22,23 +21,23 @@ import distributed
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
-from storage.errors import UserError
+from core import settings
+from core.errors import UserError
 from storage.io import filesystem
-from tasks.cache import MODEL_TAG
+from tasks.slots import MODEL_TAG
 
-GPU_RESOURCE_ENV = "WDYS_DASK_GPU_RESOURCE"
-GPU_AMOUNT_ENV = "WDYS_DASK_GPU_AMOUNT"
 MARKER_DIR = ".wdys-reach"
 
 
 def gpu_resources() -> dict[str, float]:
     """The Dask resource a model task asks for; {} when $WDYS_DASK_GPU_RESOURCE is set empty."""
-    name = os.environ.get(GPU_RESOURCE_ENV, "GPU").strip()
+    raw = settings.DASK_GPU_RESOURCE.get()
+    name = (settings.DASK_GPU_RESOURCE.text() if raw is None else raw).strip()  # set empty: none
     if not name:
         return {}
-    amount = float(os.environ.get(GPU_AMOUNT_ENV, "1"))
+    amount = settings.DASK_GPU_AMOUNT.number()
     if amount <= 0:
-        raise UserError(f"{GPU_AMOUNT_ENV} must be positive, not {amount}")
+        raise UserError(f"{settings.DASK_GPU_AMOUNT.name} must be positive, not {amount}")
     return {name: amount}
 
 
@@ -57,10 +56,10 @@ def dask_task_runner() -> PlacedDaskTaskRunner:
     """The Dask scheduler at $WDYS_DASK_ADDRESS, else a local cluster of $WDYS_DASK_WORKERS (2)
     single-threaded worker processes, each offering the GPU resource once (one machine: placement
     changes nothing there). Shards live on shared storage, so any worker can take any task."""
-    address = os.environ.get("WDYS_DASK_ADDRESS")
+    address = settings.DASK_ADDRESS.text()
     if address:
         return PlacedDaskTaskRunner(address=address)
-    workers = int(os.environ.get("WDYS_DASK_WORKERS", "2"))
+    workers = settings.DASK_WORKERS.integer()
     cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
     return PlacedDaskTaskRunner(cluster_kwargs={**cluster, "resources": gpu_resources()})
 
@@ -92,7 +91,7 @@ def check_gpu_workers(client: distributed.Client) -> None:
         f"no Dask worker at {client.scheduler.address} offers the resource {name}={amount:g} that model "
         f"tasks need ({len(workers)} workers; resources offered: {', '.join(offered) or 'none'}). Start a "
         f"GPU worker with `dask worker {client.scheduler.address} --resources {name}=1`, or set "
-        f"{GPU_RESOURCE_ENV}= (empty) to place model tasks anywhere"
+        f"{settings.DASK_GPU_RESOURCE.name}= (empty) to place model tasks anywhere"
     )
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from prefect import Task
 from prefect.futures import PrefectFuture
 
 from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
+from method.prompts import AnswerKind
 from storage.keys import AnswerSource, run_keys
 from tasks.answers import for_describer
 from tasks.class_weights import class_weights_task, describe_classes
@@ -21,7 +24,8 @@ from tasks.classify import classify_shard
 from tasks.describe import describe_shard, predict_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.ingest import ingest_shard
-from tasks.plan import ShardPlan
+from tasks.plan import Shard, ShardPlan
+from tasks.progress import RunProgress, stage_of
 
 Futures = list[PrefectFuture]  # one per shard, in shard order
 Source = AnswerSource | None
@@ -32,47 +36,48 @@ class Run:
     """Everything a run submitted, and the run keys of what it classifies."""
 
     root: str
+    progress: RunProgress
     futures: list[PrefectFuture] = field(default_factory=list)
     runs: list[dict[str, str]] = field(default_factory=list)
 
-    def add(self, futures: Sequence[PrefectFuture]) -> list[PrefectFuture]:
-        self.futures += futures
-        return list(futures)
+    def submit(self, task: Task, *args: Any, **kwargs: Any) -> PrefectFuture:
+        """Submit a task and count it in the progress of the stage it declares (a shard's images)."""
+        future = task.submit(*args, **kwargs)
+        self.futures.append(future)
+        shard = next((a for a in args if isinstance(a, Shard)), None)
+        self.progress.expect(future, stage_of(task), len(shard.rows) if shard else 0)
+        return future
 
 
 def ingest(run: Run, plan: ShardPlan) -> Futures:
-    return run.add([ingest_shard.submit(run.root, plan.shard(s)) for s in range(len(plan.shards))])
+    return [run.submit(ingest_shard, run.root, plan.shard(s)) for s in range(len(plan.shards))]
 
 
 def answer(
     run: Run, plan: ShardPlan, manifests: Futures, sources: Sequence[Source], encoders: Sequence[str]
-) -> tuple[dict[tuple[Source, str], Futures], dict[str, Futures]]:
+) -> tuple[dict[tuple[Source, AnswerKind], Futures], dict[str, Futures]]:
     """The describers' answers that no encoder ranks (descriptions; guesses without a shortlist) and
     every encoder's image embeddings. One describer's shards come one after another, a shard's
     description and guess back to back (the describer reads it once), and the image embeddings
     beside the first describer's, so the describer and the encoders work side by side."""
-    answers: dict[tuple[Source, str], Futures] = {}
+    answers: dict[tuple[Source, AnswerKind], Futures] = {}
     images: dict[str, Futures] = {e: [] for e in encoders}
     for i, source in enumerate(sources):
+        kinds: list[tuple[AnswerKind, Task]] = []
+        if source is not None:
+            kinds.append(("description", for_describer(describe_shard, source.describer)))
+            if source.shortlist is None:  # a shortlisted guess waits for an encoder (embed_answers)
+                kinds.append(("prediction", for_describer(predict_shard, source.describer)))
         for s, manifest in enumerate(manifests):
             shard = plan.shard(s)
-            if source is not None:
-                answers.setdefault((source, "description"), []).append(
-                    for_describer(describe_shard, source.describer).submit(
-                        run.root, shard, source, wait_for=[manifest]
-                    )
-                )
-            if source is not None and source.shortlist is None:
-                answers.setdefault((source, "prediction"), []).append(
-                    for_describer(predict_shard, source.describer).submit(
-                        run.root, shard, source, wait_for=[manifest]
-                    )
+            for kind, shard_task in kinds:
+                answers.setdefault((source, kind), []).append(
+                    run.submit(shard_task, run.root, shard, source, wait_for=[manifest])
                 )
             for encoder in encoders if i == 0 else ():
                 images[encoder].append(
-                    embed_images_shard.submit(run.root, shard, encoder, wait_for=[manifest])
+                    run.submit(embed_images_shard, run.root, shard, encoder, wait_for=[manifest])
                 )
-    run.add([f for fs in (*answers.values(), *images.values()) for f in fs])
     return answers, images
 
 
@@ -84,7 +89,7 @@ def describe_classes_of(
         return {}
     dataset, names = plan.selection.dataset, plan.class_names
     return {
-        s: run.add([for_describer(describe_classes, s.describer).submit(run.root, dataset, names, s)])[0]
+        s: run.submit(for_describer(describe_classes, s.describer), run.root, dataset, names, s)
         for s in sources
         if s
     }
@@ -114,9 +119,9 @@ def class_weights(
                 continue
             upstream = [class_answers[source]] if source in class_answers else []
             upstream += [weights[key] for key in _parts(w, source) if key in weights]
-            weights[(w, source)] = run.add(
-                [class_weights_task.submit(run.root, dataset, names, encoder, w, source, wait_for=upstream)]
-            )[0]
+            weights[(w, source)] = run.submit(
+                class_weights_task, run.root, dataset, names, encoder, w, source, wait_for=upstream
+            )
     return weights
 
 
@@ -135,7 +140,7 @@ def embed_answers(
     plan: ShardPlan,
     encoder: str,
     source: Source,
-    answers: dict[tuple[Source, str], Futures],
+    answers: dict[tuple[Source, AnswerKind], Futures],
     images: Futures,
     weights: dict[tuple[str, Source], PrefectFuture],
 ) -> dict[str, Futures]:
@@ -146,22 +151,17 @@ def embed_answers(
     guesses = answers.get((source, "prediction"))
     if guesses is None:
         ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
-        guesses = run.add(
-            [
-                for_describer(predict_shard, source.describer).submit(
-                    run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking]
-                )
-                for s in range(len(images))
-            ]
-        )
+        guess = for_describer(predict_shard, source.describer)
+        guesses = [
+            run.submit(guess, run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking])
+            for s in range(len(images))
+        ]
     texts = {}
     for kind, asked in (("description", answers[(source, "description")]), ("prediction", guesses)):
-        texts[kind] = run.add(
-            [
-                embed_texts_shard.submit(run.root, plan.shard(s), encoder, source, kind, wait_for=[done])
-                for s, done in enumerate(asked)
-            ]
-        )
+        texts[kind] = [
+            run.submit(embed_texts_shard, run.root, plan.shard(s), encoder, source, kind, wait_for=[done])
+            for s, done in enumerate(asked)
+        ]
     return texts
 
 
@@ -181,11 +181,5 @@ def classify(
             continue
         for s, image in enumerate(images):
             upstream = [image, weights_for(weights, weighting, source), *(t[s] for t in texts.values())]
-            run.add(
-                [
-                    classify_shard.submit(
-                        run.root, plan.shard(s), encoder, source, weighting, wait_for=upstream
-                    )
-                ]
-            )
+            run.submit(classify_shard, run.root, plan.shard(s), encoder, source, weighting, wait_for=upstream)
         run.runs.append(run_keys(plan.selection, plan.class_names, encoder, source, weighting))

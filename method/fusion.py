@@ -18,7 +18,9 @@ from typing import Literal
 
 import numpy as np
 
-COMPONENTS = ("image", "description", "prediction")
+from method.prompts import ANSWER_KINDS
+
+COMPONENTS = ("image", *ANSWER_KINDS)
 _EPS = 1e-12
 
 

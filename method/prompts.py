@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
@@ -20,6 +21,11 @@ PREDICTION_PROMPT = (
     "You are given an image and a list of class labels. Classify the image given the class labels. "
     "Answer using a single word if possible. Here are the class labels: {classes}"
 )
+
+# The two kinds of answer a describer gives about an image, and the prompt that asks for each.
+AnswerKind = Literal["description", "prediction"]
+ANSWER_KINDS: tuple[AnswerKind, ...] = get_args(AnswerKind)
+PROMPT_OF_KIND: dict[AnswerKind, str] = {"description": DESCRIPTION_PROMPT, "prediction": PREDICTION_PROMPT}
 
 # CuPL's five ImageNet base prompts (text only, several samples each), reworded where docs/protocol.md
 # says: always "a", a length instruction, "A short caption".
@@ -33,6 +39,9 @@ CLASS_DESCRIPTION_PROMPTS = (
 
 # 50 class descriptions per class, as CuPL samples them for ImageNet: 10 of each of its 5 prompts.
 CLASS_DESCRIPTIONS_PER_CLASS = 50
+# The answers' generation length: CLIP's text context is 77 tokens, so more would be cut anyway
+# (docs/protocol.md). Every default of `max_new_tokens` is this one.
+MAX_NEW_TOKENS = 77
 
 SINGLE_TEMPLATE = "A photo of {c}"
 

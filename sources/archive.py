@@ -9,14 +9,14 @@ unpacked files. The manifest keeps each image's file URI, as for an ImageFolder.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 
+from core import settings
+from core.errors import BadParameter
 from sources.base import DatasetSource, file_rows
-from storage.errors import BadParameter
 
 # torchvision's split names for the splits the benchmarks evaluate on.
 SPLITS = {"Places365": {"val": "val"}}
@@ -24,7 +24,7 @@ SPLITS = {"Places365": {"val": "val"}}
 
 def archive_root(name: str, data_dir: Path | None = None) -> Path:
     """Where a benchmark's official archives are downloaded and unpacked."""
-    data_dir = data_dir or (Path(os.environ["WDYS_DATA_DIR"]) if os.environ.get("WDYS_DATA_DIR") else None)
+    data_dir = data_dir or (Path(settings.DATA_DIR.text()) if settings.DATA_DIR.text() else None)
     return (data_dir or Path.home() / ".cache" / "wdys") / name / "torchvision"
 
 

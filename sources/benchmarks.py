@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -34,12 +33,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core import settings
+from core.errors import BadDataset, DatasetNotFound
 from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet, split_files
 from sources.wds import is_wds, open_wds
-from storage.errors import BadDataset, DatasetNotFound
 from storage.paths import split_dataset_spec
 
 LAYOUTS = {"parquet": open_parquet, "wds": open_wds}  # those that take the benchmark's class names
@@ -165,7 +165,7 @@ def _classnames() -> dict:
 
 def shared_datasets_dir() -> Path:
     """$WDYS_SHARED_DATASETS, else the team's `shared/datasets` beside the checkout."""
-    env = os.environ.get("WDYS_SHARED_DATASETS")
+    env = settings.SHARED_DATASETS.text()
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
@@ -206,7 +206,7 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
     lookup = _lookup(bench.name)
     matched = {i: lookup.get(name_key(n)) for i, n in enumerate(found)}
     if None not in matched.values() and len(set(matched.values())) == len(found):
-        order = [matched[i] for i in range(len(found))]
+        order = [j for j in matched.values() if j is not None]  # all of them, in the copy's order
         return None if order == list(range(len(found))) else order
     agree = sum(i == j for i, j in matched.items() if j is not None)
     moved = [(found[i], j) for i, j in matched.items() if j is not None and j != i]
@@ -255,10 +255,10 @@ def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> Dataset
 def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
     """(location, explicit) of each local copy that exists, in order of preference."""
     copies = []
-    explicit = os.environ.get(f"{bench.env_prefix}_DIR")
+    explicit = settings.DATASET_DIR.named(bench.env_prefix).text()
     if explicit:
         copies.append((explicit, True))
-    data_dir = os.environ.get("WDYS_DATA_DIR")
+    data_dir = settings.DATA_DIR.text()
     if data_dir and (Path(data_dir) / bench.name).exists():
         copies.append((str(Path(data_dir) / bench.name), False))
     shared = shared_datasets_dir() / bench.name
@@ -273,7 +273,7 @@ def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
 def hub_source(bench: Benchmark) -> str | None:
     """Where the benchmark is read without a local copy: `$WDYS_<NAME>_HUB` (a location, the layout
     detected, or `<layout>:<location>`), else the built-in source."""
-    return os.environ.get(f"{bench.env_prefix}_HUB") or bench.hub
+    return settings.DATASET_HUB.named(bench.env_prefix).text() or bench.hub
 
 
 def gated_hint(exc: BaseException, location: str) -> str | None:

@@ -13,7 +13,6 @@ from its official archives into `<data dir>/places365/torchvision`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import fsspec
 
+from core import settings
+from core.errors import BadDataset, BadParameter
 from sources.archive import archive_root, open_archive, unpacked
 from sources.benchmarks import (
     BENCHMARK_LIST,
@@ -34,7 +35,6 @@ from sources.benchmarks import (
 )
 from sources.parquet import split_files
 from sources.wds import CLASSNAMES, TEMPLATES, split_shards
-from storage.errors import BadDataset, BadParameter
 from storage.paths import split_dataset_spec
 
 CHUNK = 8 << 20  # bytes per ranged read
@@ -134,8 +134,8 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
         return verified(bench, source.num_rows, archive_root(bench.name, data_dir), log)
     names = bench.evaluation_split_names(bench.split) or ()
     if target.exists() and copy_layout(str(target), names):
-        source = _open_copy(bench, str(target), names)
-        return verified(bench, source.num_rows, target, log)
+        copy = _open_copy(bench, str(target), names)
+        return verified(bench, copy.num_rows if copy else 0, target, log)
     staging = data_dir / f".{bench.name}.fetching"
     fs, root, files = source_files(bench, spec)
     log(f"{bench.name}: {len(files)} file(s) from {spec} into {target}")
@@ -143,8 +143,8 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
     for index, path in enumerate(files, 1):
         total += download(fs, path, staging / path[len(root) + 1 :], log)
         log(f"  [{index}/{len(files)}] {path[len(root) + 1 :]} ({total / 1e6:,.1f} MB so far)")
-    source = _open_copy(bench, str(staging), (bench.hub_split,))
-    verified(bench, source.num_rows if source else 0, staging, log)
+    copy = _open_copy(bench, str(staging), (bench.hub_split,))
+    verified(bench, copy.num_rows if copy else 0, staging, log)
     staging.rename(target)
     return target
 
@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME",
         help="benchmarks to fetch; `paper`: the paper's ten; `all`: every one",
     )
-    parser.add_argument("--data-dir", default=os.environ.get("WDYS_DATA_DIR"), help="default: $WDYS_DATA_DIR")
+    parser.add_argument(
+        "--data-dir", default=settings.DATA_DIR.text() or None, help="default: $WDYS_DATA_DIR"
+    )
     args = parser.parse_args(argv)
     if not args.fetch:
         print("\n".join(listing()))
@@ -183,6 +185,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from wdys.cli import guarded
+    from core.guard import guarded
 
     sys.exit(guarded(main, sys.argv[1:]))

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import fsspec
 import pyarrow as pa
 
+from core.errors import BadDataset, DatasetNotFound
 from sources.base import DatasetSource, file_rows
-from storage.errors import BadDataset, DatasetNotFound
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

@@ -13,8 +13,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from core.errors import BadDataset, DatasetNotFound
 from sources.base import DatasetSource, image_ids
-from storage.errors import BadDataset, DatasetNotFound
 
 IMAGE_COLUMNS = ("img", "image", "jpg", "jpeg", "png", "webp")  # the last four: WebDataset exports
 LABEL_COLUMNS = ("label", "fine_label", "labels", "cls")

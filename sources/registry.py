@@ -15,12 +15,12 @@ import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
+from core.errors import BadParameter
 from sources.base import DatasetSource
 from sources.benchmarks import BENCHMARK_LIST, open_benchmark, shared_datasets_dir
 from sources.imagefolder import open_imagefolder
 from sources.parquet import open_parquet
 from sources.wds import open_wds
-from storage.errors import BadParameter
 from storage.paths import DATASET_LAYOUTS, split_dataset_spec
 
 __all__ = [

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import fsspec
 import pyarrow as pa
 
+from core.errors import BadDataset, DatasetNotFound
 from sources.base import DatasetSource, image_ids
-from storage.errors import BadDataset, DatasetNotFound
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CLASSNAMES = "classnames.txt"
@@ -97,7 +97,8 @@ def index_shard(fs: fsspec.AbstractFileSystem, path: str, shard: int) -> list[Sa
             if ext in IMAGE_EXTENSIONS:
                 images[key] = (member.offset_data, member.size)
             elif ext == "cls":
-                labels[key] = _label(tar.extractfile(member).read(), key, path)
+                data = tar.extractfile(member)  # a regular file always has its data
+                labels[key] = _label(data.read() if data else b"", key, path)
     missing = [k for k in order if k not in labels]
     if missing:
         raise BadDataset(f"wds {path}: {len(missing)} sample(s) without a .cls label, e.g. {missing[0]!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from method.fusion import WEIGHTINGS
+from method.prompts import AnswerKind
 from storage.keys import NO_ANSWERS, AnswerSource, Selection, classes_key, run_keys
 from storage.paths import shard_path
 from storage.schemas import (
@@ -29,7 +30,7 @@ def answers_shard(
     selection: Selection,
     class_names: Sequence[str],
     source: AnswerSource,
-    kind: str,
+    kind: AnswerKind,
     index: int,
     encoder: str | None = None,
 ) -> str:
@@ -48,7 +49,7 @@ def text_embeddings_shard(
     class_names: Sequence[str],
     encoder: str,
     source: AnswerSource,
-    kind: str,
+    kind: AnswerKind,
     index: int,
 ) -> str:
     keys = {**selection.keys(), "encoder": encoder, **source.answer_keys(kind, class_names, encoder)}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import duckdb
 import fsspec
 
+from core import settings
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
 from storage.paths import PENDING_ITEMS, catalog_path, is_local, pending_glob, table_glob
 from storage.reference import published_sql
@@ -90,7 +91,7 @@ left join manifest m using (dataset, split, subset, image_id)
 """
 
 
-# What each slug and hash in the tables stands for (tasks/lookup.py writes `key_values`), and the
+# What each slug and hash in the tables stands for (tasks/key_values.py writes `key_values`), and the
 # models among them.
 KEYS_SQL = """
 create or replace view keys as
@@ -224,4 +225,4 @@ def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
 
 def local_catalog_path(root: str) -> str:
     safe = root.replace("://", "_").replace("/", "_")
-    return os.path.join(os.environ.get("WDYS_CATALOG_DIR", ".wdys"), safe, "wdys.duckdb")
+    return os.path.join(settings.CATALOG_DIR.text(), safe, "wdys.duckdb")

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from method.prompts import (
-    DESCRIPTION_PROMPT,
-    PREDICTION_PROMPT,
+    ANSWER_KINDS,
+    MAX_NEW_TOKENS,
+    PROMPT_OF_KIND,
+    AnswerKind,
     class_prompts_hash,
     content_hash,
     image_prompts_hash,
@@ -52,7 +54,7 @@ class AnswerSource:
 
     describer: str
     settings: str  # JSON of the describer's settings (never a secret): hashed into `gen`
-    max_new_tokens: int = 77
+    max_new_tokens: int = MAX_NEW_TOKENS
     class_samples: int = 10
     shortlist: int | None = None
 
@@ -60,7 +62,7 @@ class AnswerSource:
         return content_hash({"settings": self.settings})
 
     def answer_keys(
-        self, kind: str, class_names: Sequence[str], encoder: str | None = None
+        self, kind: AnswerKind, class_names: Sequence[str], encoder: str | None = None
     ) -> dict[str, str]:
         """Keys of one kind of image answer. Descriptions depend on neither the class names nor the
         encoder; predictions on the class names their prompt lists, and on the encoder only through
@@ -98,12 +100,12 @@ def classes_key(class_names: Sequence[str]) -> str:
     return content_hash({"classes": list(class_names)})
 
 
-def answer_prompts_hash(kind: str, classes: str) -> str:
+def answer_prompts_hash(kind: AnswerKind, classes: str) -> str:
     """An image answer's `prompts` key: the description prompt's hash (no class names), or that of
     the initial-prediction prompt with the `classes` key of the names it lists."""
     if kind == "description":
-        return content_hash(DESCRIPTION_PROMPT)
-    return content_hash({"prompt": PREDICTION_PROMPT, "classes": classes})
+        return content_hash(PROMPT_OF_KIND[kind])
+    return content_hash({"prompt": PROMPT_OF_KIND[kind], "classes": classes})
 
 
 # How class descriptions are sampled, beyond the describer's settings: 2 since issue 19 (`openai:`
@@ -124,7 +126,7 @@ def run_answer_keys(run: dict[str, str]) -> list[dict[str, str]]:
     if partition_value(run["describer"]) == NONE or run["prompts"] != image_prompts_hash():
         return []
     keys = []
-    for kind in ("description", "prediction"):
+    for kind in ANSWER_KINDS:
         shortlist = run.get("shortlist", NONE)
         if kind == "prediction" and shortlist != NONE:
             shortlist = shortlist_key(shortlist, run["encoder"])

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from storage.errors import BadParameter
+from core import settings
+from core.errors import BadParameter
 from storage.schemas import TABLES, Table
 
-DEFAULT_ROOT = "./data"
 NONE = "none"  # partition value for a key that does not apply (e.g. no describer)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_VALUE = 80
@@ -29,7 +29,7 @@ def resolve_root(root: str | None = None) -> str:
     """Flow parameter first, then $WDYS_ROOT, then ./data: any fsspec URL (`s3://bucket/prefix`).
     Local roots, `file://` URLs included, become absolute paths. A root holding a password is
     refused: credentials come from the environment, never from a parameter, a path or a log."""
-    root = root or os.environ.get("WDYS_ROOT") or DEFAULT_ROOT
+    root = root or settings.ROOT.text()
     root = root.removeprefix("file://")
     if "://" not in root:
         root = os.path.abspath(os.path.expanduser(root))

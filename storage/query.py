@@ -10,8 +10,8 @@ import os
 
 import duckdb
 
+from core.errors import UserError
 from storage.catalog import connect, create_pending_view, local_catalog_path
-from storage.errors import UserError
 from storage.paths import catalog_path, is_local, resolve_root
 
 

@@ -28,10 +28,11 @@ from prefect.states import State
 
 from backends.base import Answer, DescriberUnavailable
 from backends.registry import computes_locally
-from storage.errors import UserError
+from core.errors import UserError
 from storage.io import exists, read_table, remove, write_table
 from storage.paths import PENDING_ITEMS, pending_path
-from tasks.cache import MODEL_TAG, ShardResult, publish
+from tasks.cache import ShardResult, publish
+from tasks.slots import MODEL_TAG
 
 # A task retry after the client's own retries: together they span a server outage of a minute or two.
 ANSWER_RETRY_DELAYS_S = [10, 30, 60]

@@ -25,9 +25,12 @@ from storage.io import read_table
 from storage.keys import AnswerSource
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
 from tasks.answers import Settle, answer_shard, describer_task
-from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
+from tasks.cache import ShardResult, cached_shard
+from tasks.progress import stage
+from tasks.slots import MODEL_TAG, exclusive
 
 
+@stage("class weights")
 @describer_task("describe-classes")
 def describe_classes(
     root: str, dataset: str, class_names: tuple[str, ...], source: AnswerSource
@@ -157,4 +160,6 @@ def ensure_class_weights(
 
 
 # The same function as a task of its own; `sum` calls the plain function for its three parts.
-class_weights_task = task(cache_policy=NO_CACHE, name="class-weights", tags=[MODEL_TAG])(ensure_class_weights)
+class_weights_task = stage("class weights")(
+    task(cache_policy=NO_CACHE, name="class-weights", tags=[MODEL_TAG])(ensure_class_weights)
+)

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
+from method.prompts import ANSWER_KINDS
 from storage.addresses import (
     class_weights_shard,
     image_embeddings_shard,
@@ -24,6 +25,7 @@ from storage.schemas import PREDICTIONS
 from tasks.cache import ShardResult, cached_shard
 from tasks.class_weights import read_class_weights
 from tasks.plan import Shard
+from tasks.progress import stage
 
 TOP = 5
 
@@ -46,7 +48,7 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
     if source is None:
         return components
     order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
-    for kind in ("description", "prediction"):
+    for kind in ANSWER_KINDS:
         texts = read_table(
             text_embeddings_shard(root, sel, shard.class_names, encoder_id, source, kind, shard.index)
         )
@@ -58,6 +60,7 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
     return components
 
 
+@stage("classify")
 @task(cache_policy=NO_CACHE, name="classify")
 def classify_shard(
     root: str, shard: Shard, encoder_id: str, source: AnswerSource | None, weighting: str

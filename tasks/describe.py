@@ -21,10 +21,12 @@ from storage.io import exists, read_table
 from storage.keys import AnswerSource
 from storage.schemas import DESCRIPTIONS
 from tasks.answers import Settle, answer_shard, describer_task
-from tasks.cache import ShardResult, exclusive
+from tasks.cache import ShardResult
 from tasks.class_weights import read_class_weights
 from tasks.classify import embeddings_or_nan
 from tasks.plan import Shard
+from tasks.progress import stage
+from tasks.slots import exclusive
 
 
 def answer_source(
@@ -83,6 +85,7 @@ def answer_images(
     return answer_shard(path, source.describer, ["image_id"], ids, ask, rows)
 
 
+@stage("describe")
 @describer_task("describe")
 def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
     path = answers_shard(root, shard.selection, shard.class_names, source, "description", shard.index)
@@ -99,6 +102,7 @@ def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> lis
     return shortlist(scores, k)
 
 
+@stage("describe")
 @describer_task("predict")
 def predict_shard(
     root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
@@ -108,9 +112,11 @@ def predict_shard(
     path = answers_shard(root, shard.selection, names, source, "prediction", shard.index, encoder_id)
     if exists(path):
         return ShardResult(path, computed=False)
+    if source.shortlist and encoder_id is None:
+        raise ValueError("a shortlist is ranked by an encoder's image embeddings: pass its id")
     listed = (
         shortlisted_classes(root, shard, encoder_id, source.shortlist)
-        if source.shortlist
+        if source.shortlist and encoder_id is not None
         else [list(range(len(names)))] * len(shard.rows)
     )
 

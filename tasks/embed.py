@@ -8,13 +8,16 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from backends.registry import load_encoder
+from method.prompts import AnswerKind
 from sources.images import decode_manifest
 from storage.addresses import answers_shard, image_embeddings_shard, manifest_shard, text_embeddings_shard
 from storage.io import read_table
 from storage.keys import AnswerSource
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from tasks.cache import MODEL_TAG, ShardResult, cached_shard, exclusive
+from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
+from tasks.progress import stage
+from tasks.slots import MODEL_TAG, exclusive
 
 
 def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) -> pa.Array:
@@ -26,6 +29,7 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([not p for p in present]))
 
 
+@stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-images", tags=[MODEL_TAG])
 def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     sel = shard.selection
@@ -55,9 +59,10 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
     return cached_shard(path, compute)
 
 
+@stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=[MODEL_TAG])
 def embed_texts_shard(
-    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: str
+    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: AnswerKind
 ) -> ShardResult:
     """Embed one kind of answer ('description' or 'prediction') of one shard."""
     sel = shard.selection

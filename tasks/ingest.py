@@ -9,8 +9,10 @@ from sources.registry import open_dataset
 from storage.addresses import manifest_shard
 from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
+from tasks.progress import stage
 
 
+@stage("ingest")
 @task(cache_policy=NO_CACHE, name="ingest")
 def ingest_shard(root: str, shard: Shard) -> ShardResult:
     sel = shard.selection

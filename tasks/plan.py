@@ -8,9 +8,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
+from core.errors import BadDataset
 from sources.base import DatasetSource
 from sources.registry import open_dataset
-from storage.errors import BadDataset
 from storage.keys import Selection
 from storage.paths import partition_value
 from tasks.progress import run_logger

@@ -1,9 +1,9 @@
 """Progress of a run, stage by stage (ingest, describe, embed, class weights, classify).
 
 A run of the paper's benchmarks takes hours; without this it said nothing until its final table.
-The flow calls `RunProgress.attach()` before it submits its tasks (the tracker wraps the flow run's
-task runner and notes each shard task's stage and image count) and waits on its futures through
-`RunProgress.wait`, which reports as they finish, from the flow's own thread:
+Each shard task declares its stage (`@stage("embed")`); the flow's `Run` notes every task it
+submits with that stage and the shard's image count (`RunProgress.expect`), and waits on the futures
+through `RunProgress.wait`, which reports as they finish, from the flow's own thread:
 
 - a line per stage in the run's log and on the console, at most every $WDYS_PROGRESS_INTERVAL_S
   seconds (default 5) and when the stage ends: shards and images done of the total, rate, ETA;
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -30,18 +29,14 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging.loggers import PrefectLogAdapter
 
-# Task name -> stage; tasks not listed (plan, evaluate, report) are not tracked.
-STAGES = {
-    "ingest": "ingest",
-    "describe": "describe",
-    "predict": "describe",
-    "embed-images": "embed",
-    "embed-texts": "embed",
-    "describe-classes": "class weights",
-    "class-weights": "class weights",
-    "classify": "classify",
-}
-ORDER = ("ingest", "describe", "embed", "class weights", "classify")
+from core import settings
+
+# The stages a run reports, in order; the flow's docstring and docs/architecture.md use these names.
+StageName = Literal["ingest", "describe", "embed", "class weights", "classify"]
+ORDER: tuple[StageName, ...] = get_args(StageName)
+
+_STAGE_OF: dict[Callable[..., Any], StageName] = {}  # a task's function -> the stage it declared
+T = TypeVar("T")
 LOGGER = "prefect.flow_runs.progress"
 
 
@@ -53,6 +48,22 @@ def run_logger() -> logging.LoggerAdapter:
     run = context.flow_run if context else None
     extra = {"flow_run_id": str(run.id), "flow_run_name": run.name} if run else {"send_to_api": False}
     return PrefectLogAdapter(logger, extra=extra)
+
+
+def stage(name: StageName) -> Callable[[T], T]:
+    """Declares the stage whose progress a task's runs count in. Held by the task's function, so the
+    copies `with_options` makes (tasks/answers.py) keep it."""
+
+    def declare(task: T) -> T:
+        _STAGE_OF[task.fn] = name  # type: ignore[attr-defined]
+        return task
+
+    return declare
+
+
+def stage_of(task: Any) -> StageName | None:
+    """The stage a task declared, or None (plan, evaluate and report are not tracked)."""
+    return _STAGE_OF.get(task.fn)
 
 
 def clock(seconds: float) -> str:
@@ -115,33 +126,19 @@ class RunProgress:
 
     def __init__(self, log: logging.LoggerAdapter | logging.Logger, interval: float | None = None) -> None:
         self.log = log
-        self.interval = (
-            float(os.environ.get("WDYS_PROGRESS_INTERVAL_S", "5")) if interval is None else interval
-        )
+        self.interval = settings.PROGRESS_INTERVAL_S.number() if interval is None else interval
         self.stages: dict[str, Stage] = {}
         self.expected: dict[UUID, tuple[str, int]] = {}  # task run id -> (stage, images)
 
     @classmethod
-    def attach(cls, interval: float | None = None) -> RunProgress:
-        """Track every task the current flow run submits from now on."""
-        tracker = cls(run_logger(), interval)
-        runner = FlowRunContext.get().task_runner
-        submit: Callable[..., PrefectFuture] = runner.submit
+    def for_this_run(cls, interval: float | None = None) -> RunProgress:
+        """A tracker that logs to the current flow run."""
+        return cls(run_logger(), interval)
 
-        def tracked_submit(task: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> PrefectFuture:
-            future = submit(task, parameters, *args, **kwargs)
-            tracker.expect(future, task.name, parameters)
-            return future
-
-        runner.submit = tracked_submit
-        return tracker
-
-    def expect(self, future: PrefectFuture, task_name: str, parameters: dict[str, Any]) -> None:
-        stage_name = STAGES.get(task_name)
+    def expect(self, future: PrefectFuture, stage_name: StageName | None, images: int) -> None:
+        """Count a submitted task in its stage (None: a task no stage tracks)."""
         if stage_name is None:
             return
-        shard = parameters.get("shard")
-        images = len(shard.rows) if shard is not None else 0
         stage = self.stages.setdefault(stage_name, Stage(stage_name))
         stage.shards += 1
         stage.images += images

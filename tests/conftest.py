@@ -9,15 +9,16 @@ import tempfile
 # (the CIFAR-10 `dev` sample ships with the code) unless the caller points it somewhere.
 os.environ.setdefault("WDYS_SHARED_DATASETS", tempfile.mkdtemp(prefix="wdys-no-shared-"))
 
-for key, value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_UI_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(key, value)
+from core.settings import OFFLINE, apply_defaults  # noqa: E402
+
+apply_defaults(
+    OFFLINE
+    | {
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
 
 import pytest  # noqa: E402
 

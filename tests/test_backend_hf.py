@@ -1,4 +1,4 @@
-"""HFDescriber against a tiny random Qwen2-VL built offline (tests/tiny_vlms.py) and loaded back
+"""HFDescriber against a tiny random Qwen2-VL built offline (fakes/tiny_vlms.py) and loaded back
 through the registry: batching, seeded class-description samples and settings.
 
 Qwen2-VL gives each image as many placeholder tokens as its size asks for, so images of different
@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from tiny_vlms import build, load_on_cpu
 
 from backends.base import Answer, Describer, sample_seed
 from backends.hf_describer import HFDescriber
 from backends.hf_sampling import SeededGumbel, completion_length
 from backends.hf_spec import settings_for
 from backends.registry import describer_settings
+from fakes.tiny_vlms import build, load_on_cpu
 from sources.benchmarks import EMBEDDED_DATASETS
 
 MAX_NEW_TOKENS = 8

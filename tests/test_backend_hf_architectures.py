@@ -1,4 +1,4 @@
-"""Each VLM family the README names, as a tiny random model built offline (tests/tiny_vlms.py),
+"""Each VLM family the README names, as a tiny random model built offline (fakes/tiny_vlms.py),
 saved with its processor and loaded back through `load_describer("hf:<dir>")`: a batch of images of
 different sizes answers exactly as the same images one by one, and text-only class samples too.
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_vlms import ARCHITECTURES, build, load_on_cpu
 from transformers import AutoProcessor
 
 from backends.base import Answer
 from backends.hf_describer import HFDescriber
+from fakes.tiny_vlms import ARCHITECTURES, build, load_on_cpu
 
 pytestmark = pytest.mark.slow  # four models, about 20 s on 2 busy cores
 

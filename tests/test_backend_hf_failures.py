@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny_vlms import build
 
 from backends.base import DescriberUnavailable
 from backends.hf_describer import HFDescriber
 from backends.hf_spec import dir_content_hash, parse_spec, settings_for
+from fakes.tiny_vlms import build
 
 PROMPT = "Describe the image."
 REVISION = "0123456789abcdef0123456789abcdef01234567"

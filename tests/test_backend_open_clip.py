@@ -22,7 +22,7 @@ from PIL import Image
 from backends import registry
 from backends.base import Encoder
 from backends.registry import load_encoder
-from storage.errors import BadParameter
+from core.errors import BadParameter
 
 TINY_CFG = {
     "embed_dim": 32,

@@ -1,5 +1,5 @@
 """OpenAIDescriber against a real local HTTP server: what goes over the wire, what comes back,
-and what the cache key holds (tests/fake_chat_server.py is the server)."""
+and what the cache key holds (fakes/chat_server.py is the server)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from fake_chat_server import (
+
+from backends.base import Answer, Describer, DescriberUnavailable, sample_seed
+from backends.openai_describer import OpenAIDescriber, endpoint_identity, settings_for
+from backends.registry import describer_settings, load_describer
+from fakes.chat_server import (
     EMPTY,
     LENGTH,
     RATE_LIMIT_ONCE,
@@ -20,10 +24,6 @@ from fake_chat_server import (
     request_parts,
     serving,
 )
-
-from backends.base import Answer, Describer, DescriberUnavailable, sample_seed
-from backends.openai_describer import OpenAIDescriber, endpoint_identity, settings_for
-from backends.registry import describer_settings, load_describer
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from fake_chat_server import (
+
+from backends.base import DescriberUnavailable
+from fakes.chat_server import (
     BAD_ITEM,
     FAIL_SIZE,
     SENTINEL_KEY,
@@ -20,8 +22,6 @@ from fake_chat_server import (
     no_key,
     serving,
 )
-
-from backends.base import DescriberUnavailable
 
 
 @pytest.fixture

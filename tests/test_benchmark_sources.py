@@ -16,17 +16,17 @@ import pytest
 from fake_hub import FakeHub
 from wds_support import image_bytes, isolate_benchmarks, serve_hub, serve_places365_archives, write_wds
 
+from core.errors import BadDataset
+from core.guard import guarded
 from deployments.deploy import PAPER
 from sources import benchmarks
 from sources.benchmarks import BENCHMARK_LIST, BENCHMARKS_BY_NAME, PAPER_BENCHMARKS
 from sources.fetch import main as fetch_main
 from sources.images import decode_manifest
 from sources.registry import open_dataset
-from storage.errors import BadDataset
 from storage.keys import Selection
 from storage.paths import split_dataset_spec
 from tasks.plan import plan_dataset
-from wdys.cli import guarded
 
 LABELS = [0, 364, 165]
 

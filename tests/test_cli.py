@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from backends.registry import validate_describer_id, validate_encoder_id
+from core import guard
+from core.errors import BadParameter, UserError
 from sources.registry import open_dataset
-from storage.errors import BadParameter, UserError
 from storage.paths import resolve_root
 from wdys import cli
 
@@ -38,35 +39,35 @@ def test_user_mistakes_are_user_errors():
 
 
 def test_messages_of_user_errors_and_outside_failures():
-    assert cli.user_message(BadParameter("unknown encoder")) == "unknown encoder"
+    assert guard.user_message(BadParameter("unknown encoder")) == "unknown encoder"
     try:
         try:
             raise outside("botocore.exceptions", "NoCredentialsError")("Unable to locate credentials")
         except Exception as exc:
             raise OSError("write failed") from exc
     except OSError as wrapped:
-        message = cli.user_message(wrapped)
+        message = guard.user_message(wrapped)
     assert (
         message is not None and "Unable to locate credentials" in message and "AWS_ACCESS_KEY_ID" in message
     )
     refused = outside("openai._exceptions", "AuthenticationError")("401 invalid key")
-    assert "OPENAI_API_KEY" in cli.user_message(refused)
-    assert cli.user_message(KeyError("a bug")) is None
+    assert "OPENAI_API_KEY" in guard.user_message(refused)
+    assert guard.user_message(KeyError("a bug")) is None
 
 
 def test_guarded_prints_one_line_for_a_mistake_and_keeps_bugs(capsys):
     def mistake(argv):
         raise BadParameter(f"unknown dataset {argv[0]!r}")
 
-    assert cli.guarded(mistake, ["cifar11"]) == 2
+    assert guard.guarded(mistake, ["cifar11"]) == 2
     assert capsys.readouterr().err == "error: unknown dataset 'cifar11'\n"
 
     def bug(argv):
         raise ZeroDivisionError("a bug")
 
     with pytest.raises(ZeroDivisionError):
-        cli.guarded(bug, [])
-    assert cli.guarded(lambda argv: None, []) == 0
+        guard.guarded(bug, [])
+    assert guard.guarded(lambda argv: None, []) == 0
 
 
 def test_console_lines_of_user_errors_lose_only_their_traceback():
@@ -76,7 +77,7 @@ def test_console_lines_of_user_errors_lose_only_their_traceback():
             raise exc
         except Exception:
             record.exc_info = sys.exc_info()
-        assert cli.NoTracebackForUserErrors().filter(record)
+        assert guard.NoTracebackForUserErrors().filter(record)
         assert (record.exc_info is not None) is kept
 
 

@@ -21,14 +21,14 @@ from process_support import REPO, free_port, start, stop
 from runs import tiny_run
 from s3_support import moto_s3
 
+from core.errors import UserError
 from flows.benchmark import benchmark
 from flows.cluster import PlacedDaskTaskRunner
-from storage.errors import UserError
 from storage.io import filesystem
 from tasks.answers import for_describer
-from tasks.cache import MODEL_TAG
 from tasks.class_weights import describe_classes
 from tasks.describe import describe_shard, predict_shard
+from tasks.slots import MODEL_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import uuid
 import torch
 
 from backends import device as devices
-from tasks.cache import device_limit_name, exclusive
+from tasks.slots import device_limit_name, exclusive
 
 HOLD_S = 1.5
 

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from tiny_vlms import build
 
 from backends import hf_resident
 from backends.hf_describer import HFDescriber, _gpu_preprocessing
+from fakes.tiny_vlms import build
 
 PROMPT = "Describe the image."
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import test_backend_hf_failures as hf_failures
-from fake_chat_server import FakeChatServer, serving
 
 from backends import registry
 from backends.base import DescriberUnavailable
 from backends.hf_spec import settings_for
+from fakes.chat_server import FakeChatServer, serving
 from storage.addresses import answers_shard
 from storage.io import exists
 from storage.keys import Selection

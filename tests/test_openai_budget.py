@@ -15,8 +15,8 @@ import pytest
 
 from backends.inflight import InflightBudget, budget_for, next_batch, queued_as, retry_after_s
 from backends.openai_describer import OpenAIDescriber
-from tasks.cache import exclusive
-from tests.fake_chat_server import FakeChatServer, images, serving
+from fakes.chat_server import FakeChatServer, images, serving
+from tasks.slots import exclusive
 
 
 @pytest.fixture

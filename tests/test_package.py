@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("wdys", "flows", "tasks", "deployments", "storage", "backends", "method", "sources")
+PACKAGES = ("wdys", "core", "flows", "tasks", "deployments", "storage", "backends", "method", "sources")
 
 
 def pip(*args: str) -> None:
@@ -104,3 +104,18 @@ def test_a_fresh_environment_runs_wdys_from_another_directory(wheel, tmp_path):
     assert "shards computed:" in ran.stdout and "classify: done" in ran.stderr
     queried = wdys("query", "--root", "results", "select dataset, n from metrics limit 1")
     assert queried.returncode == 0 and "cifar10" in queried.stdout and "6" in queried.stdout
+
+
+def test_make_setup_installs_the_wdys_command_that_runs_from_any_folder(tmp_path):
+    """README's `wdys run ...` examples work right after `make setup`: it installs the project into
+    `.venv`, editable (`make test` runs `make setup` first)."""
+    if not (REPO / ".venv").exists():
+        pytest.skip("no .venv: these tests run outside `make`")
+    wdys = REPO / ".venv" / "bin" / "wdys"
+    assert wdys.exists(), "`make setup` did not install the wdys command into .venv"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    helped = subprocess.run(
+        [wdys, "run", "--help"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "--datasets" in helped.stdout and "--image-only" in helped.stdout

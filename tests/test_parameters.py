@@ -6,8 +6,8 @@ import pytest
 from runs import tiny_run
 
 from backends import registry
+from core.errors import UserError
 from flows.benchmark import benchmark
-from storage.errors import UserError
 
 BASE = tiny_run(limit=4, seed=None)
 

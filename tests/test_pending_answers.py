@@ -1,5 +1,5 @@
 """How a shard of answers settles its failures, with the real OpenAI-compatible describer against
-the local server (tests/fake_chat_server.py) and real Parquet files: a retry of a few pending items
+the local server (fakes/chat_server.py) and real Parquet files: a retry of a few pending items
 that then fail for good stores them as errors (the run does not stay stuck on them), an item that
 fails transiently on every try ends as an error row after `MAX_ANSWER_ATTEMPTS`, and one error that
 ends a shard's requests from some point on fails the shard and stores nothing. Items waiting are
@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from fake_chat_server import BAD_ITEM, FAIL_SIZE, FakeChatServer, images, load, serving
 
 from backends.base import Answer, DescriberUnavailable
+from fakes.chat_server import BAD_ITEM, FAIL_SIZE, FakeChatServer, images, load, serving
 from storage import query
 from storage.catalog import create_views
 from storage.paths import pending_path, shard_path

@@ -21,7 +21,7 @@ from PIL import Image
 from sources.benchmarks import EMBEDDED_DATASETS
 from tasks import progress
 from tasks.cache import ShardResult
-from tasks.progress import RunProgress
+from tasks.progress import RunProgress, StageName, stage_of
 
 N = 8
 
@@ -29,11 +29,6 @@ N = 8
 @dataclass
 class FakeFuture:
     task_run_id: uuid.UUID
-
-
-@dataclass
-class FakeShard:
-    rows: tuple[int, ...]
 
 
 def tracker(interval: float) -> tuple[RunProgress, list[str]]:
@@ -46,9 +41,9 @@ def tracker(interval: float) -> tuple[RunProgress, list[str]]:
     return RunProgress(Log(), interval), lines  # type: ignore[arg-type]
 
 
-def submit(t: RunProgress, task: str, rows: int | None) -> FakeFuture:
+def submit(t: RunProgress, stage: StageName | None, rows: int | None) -> FakeFuture:
     future = FakeFuture(uuid.uuid4())
-    t.expect(future, task, {"shard": FakeShard(tuple(range(rows)))} if rows else {})  # type: ignore[arg-type]
+    t.expect(future, stage, rows or 0)  # type: ignore[arg-type]
     return future
 
 
@@ -56,8 +51,8 @@ def test_rate_and_eta_start_at_the_first_computed_shard(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     t, lines = tracker(interval=0)
-    futures = [submit(t, "describe", 10) for _ in range(4)] + [submit(t, "predict", 10)]
-    submit(t, "plan", None)  # not a tracked stage
+    futures = [submit(t, "describe", 10) for _ in range(5)]
+    submit(t, None, None)  # a task no stage tracks (plan)
     assert set(t.stages) == {"describe"} and (t.stages["describe"].shards, t.stages["describe"].images) == (
         5,
         50,
@@ -80,7 +75,7 @@ def test_lines_are_throttled_but_the_end_of_a_stage_is_always_said(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     t, lines = tracker(interval=5)
-    futures = [submit(t, "class-weights", None) for _ in range(10)]
+    futures = [submit(t, "class weights", None) for _ in range(10)]
     for i, future in enumerate(futures):
         now[0] = float(i)
         t.finished(future, ShardResult("p", computed=True))
@@ -94,13 +89,37 @@ def test_lines_are_throttled_but_the_end_of_a_stage_is_always_said(monkeypatch):
 
 def test_a_stage_read_from_the_cache_says_so():
     t, lines = tracker(interval=60)
-    futures = [submit(t, "embed-images", 8), submit(t, "embed-texts", 8)]
+    futures = [submit(t, "embed", 8), submit(t, "embed", 8)]
     for future in futures:
         t.finished(future, ShardResult("p", computed=False))
     assert lines == [
         "embed: 1/2 shards (8/16 images), 1 from cache",
         "embed: cached, all 2 shards read from the cache (16/16 images)",
     ]
+
+
+def test_each_shard_task_declares_its_stage():
+    from tasks.answers import for_describer
+    from tasks.class_weights import class_weights_task, describe_classes
+    from tasks.classify import classify_shard
+    from tasks.describe import describe_shard, predict_shard
+    from tasks.embed import embed_images_shard, embed_texts_shard
+    from tasks.ingest import ingest_shard
+    from tasks.plan import plan_dataset
+
+    declared = {
+        ingest_shard: "ingest",
+        describe_shard: "describe",
+        predict_shard: "describe",
+        for_describer(predict_shard, "openai:served"): "describe",  # a copy without the gpu tag
+        embed_images_shard: "embed",
+        embed_texts_shard: "embed",
+        describe_classes: "class weights",
+        class_weights_task: "class weights",
+        classify_shard: "classify",
+        plan_dataset: None,
+    }
+    assert {t.name: stage_of(t) for t in declared} == {t.name: s for t, s in declared.items()}
 
 
 def test_clock():

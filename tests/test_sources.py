@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from core.errors import BadDataset, BadParameter, DatasetNotFound, UserError
 from sources.benchmarks import EMBEDDED_DATASETS
 from sources.images import decode_manifest
 from sources.registry import open_dataset
-from storage.errors import BadDataset, BadParameter, DatasetNotFound, UserError
 from storage.paths import dataset_name, partition_value
 from tasks.plan import select_rows
 

@@ -12,15 +12,15 @@ import duckdb
 import pytest
 from wds_support import add_member, isolate_benchmarks, serve_hub, write_wds
 
+from core.errors import BadDataset, DatasetNotFound
+from core.guard import user_message
 from sources import benchmarks
 from sources.benchmarks import BENCHMARKS_BY_NAME, PAPER_BENCHMARKS
 from sources.images import decode_manifest
 from sources.registry import BENCHMARKS, open_dataset
-from storage.errors import BadDataset, DatasetNotFound
 from storage.keys import Selection
 from storage.paths import dataset_name
 from tasks.plan import plan_dataset, select_rows
-from wdys.cli import user_message
 
 CLASSES = ["cat", "dog", "bird"]
 LABELS = [2, 0, 1, 1, 0, 2, 2]
@@ -172,8 +172,8 @@ def test_a_full_run_of_a_copy_of_the_wrong_size_is_refused_in_one_line(
 ):
     """`python -m flows.benchmark` (what `wdys run` runs) on a 3-image CIFAR-10 test copy: exit
     status 2, one line naming both counts, before any shard task."""
+    from core.guard import guarded
     from flows.benchmark import main
-    from wdys.cli import guarded
 
     write_wds(tmp_path / "cifar10", "test", [9, 0, 3], BENCHMARKS_BY_NAME["cifar10"].class_names)
     monkeypatch.setenv("WDYS_DATA_DIR", str(tmp_path))

@@ -48,7 +48,9 @@ def collect(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, s
             return run_rows(con, view, wanted, keys) if view in views else []
 
         benchmarks = rows("benchmarks", runs, DATA_KEYS)
-        classes = {(b["dataset"], b["split"], b["subset"]): b["classes"] for b in benchmarks}
+        classes: dict[tuple[str, ...], int] = {
+            (b["dataset"], b["split"], b["subset"]): b["classes"] for b in benchmarks
+        }
         main = [r for r in runs if r["class_weights"] == main_weighting(runs)]
         small = [
             r

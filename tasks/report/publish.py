@@ -16,6 +16,7 @@ from tasks.report.data import ReportData, collect
 from tasks.report.document import Doc
 from tasks.report.sections import build
 
+GAINS_SHOWN: tuple[str, ...]
 GAINS_SHOWN = ("dataset", "split", "encoder", "describer", "class_weights", "components", "n", "base_top1")
 GAINS_SHOWN += ("top1", "gain_top1", "ci_low", "ci_high", "b", "c", "mcnemar_p")
 
