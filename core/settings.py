@@ -90,7 +90,11 @@ DATASET_DIR = _declare(
     "WDYS_<NAME>_DIR", "path", None, "the local copy of one benchmark (`WDYS_CIFAR10_DIR`); first choice"
 )
 DATASET_HUB = _declare(
-    "WDYS_<NAME>_HUB", "hub id", None, "the Hugging Face dataset of one benchmark instead of its usual one"
+    "WDYS_<NAME>_HUB",
+    "location",
+    None,
+    "one benchmark's source instead of its usual one (`hf://...`, any fsspec URL; `wds:` or `parquet:` "
+    "first names the layout)",
 )
 SHARED_DATASETS = _declare(
     "WDYS_SHARED_DATASETS",
