@@ -37,3 +37,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """The local stand-in of the Hugging Face hub (tests/fake_hub.py), `HF_ENDPOINT` pointed at it."""
+    from wds_support import serve_hub
+
+    yield from serve_hub(monkeypatch)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fake_hub import FakeHub
-from wds_support import image_bytes, isolate_benchmarks, serve_hub, serve_places365_archives, write_wds
+from wds_support import image_bytes, isolate_benchmarks, serve_places365_archives, write_wds
 
 from core.errors import BadDataset
 from core.guard import guarded
@@ -34,11 +34,6 @@ LABELS = [0, 364, 165]
 @pytest.fixture
 def archive_server(tmp_path, monkeypatch):
     yield from serve_places365_archives(tmp_path / "www", LABELS, monkeypatch)
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    yield from serve_hub(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from wds_support import add_member, isolate_benchmarks, serve_hub, write_wds
+from wds_support import add_member, isolate_benchmarks, write_wds
 
 from core.errors import BadDataset, DatasetNotFound
 from core.guard import user_message
@@ -24,11 +24,6 @@ from tasks.plan import plan_dataset, select_rows
 
 CLASSES = ["cat", "dog", "bird"]
 LABELS = [2, 0, 1, 1, 0, 2, 2]
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    yield from serve_hub(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
