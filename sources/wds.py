@@ -106,21 +106,24 @@ def index_shard(fs: fsspec.AbstractFileSystem, path: str, shard: int) -> list[Sa
 
 
 @functools.lru_cache(maxsize=32)
-def _index(location: str, split: str, shards: tuple[tuple[str, int], ...]) -> tuple[Sample, ...]:
-    """Every shard indexed once per process (the plan and each ingest task reopen the split); the
-    shard sizes are part of the key, so a changed copy is indexed again."""
+def _index(location: str, split: str, shards: tuple[tuple[str, str], ...]) -> tuple[Sample, ...]:
+    """Every shard indexed once per process (the plan and each ingest task reopen the split); each
+    shard's version is part of the key, so a changed copy is indexed again."""
     fs = fsspec.core.url_to_fs(location)[0]
     return tuple(s for i, (path, _) in enumerate(shards) for s in index_shard(fs, path, i))
 
 
-def _sizes(fs: fsspec.AbstractFileSystem, shards: list[str], location: str) -> tuple[tuple[str, int], ...]:
-    sizes = []
+def _versions(fs: fsspec.AbstractFileSystem, shards: list[str], location: str) -> tuple[tuple[str, str], ...]:
+    """Each shard with what tells its content apart (fsspec's `ukey`: size and mtime of a local
+    file, the blob id on the hub): not the size alone, since tar pads every shard to 10 KiB records,
+    so a rewritten shard often keeps its size."""
+    versions = []
     for path in shards:
         try:
-            sizes.append((path, int(fs.size(path))))
+            versions.append((path, fs.ukey(path)))
         except FileNotFoundError as exc:
             raise DatasetNotFound(f"wds {location}: shard {path} is missing (nshards.txt counts it)") from exc
-    return tuple(sizes)
+    return tuple(versions)
 
 
 def open_wds(name: str, location: str, split: str, class_names: Sequence[str] | None = None) -> DatasetSource:
@@ -135,7 +138,7 @@ def open_wds(name: str, location: str, split: str, class_names: Sequence[str] | 
     classes = read_lines(fs, f"{root}/{CLASSNAMES}") or (list(class_names) if class_names else None)
     if not classes:
         raise BadDataset(f"wds {location}: no {CLASSNAMES} beside the split folders")
-    samples = _index(location, split, _sizes(fs, shards, location))
+    samples = _index(location, split, _versions(fs, shards, location))
     bad = next((s for s in samples if not 0 <= s.label < len(classes)), None)
     if bad is not None:
         raise BadDataset(

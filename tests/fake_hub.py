@@ -108,9 +108,9 @@ class FakeHub:
         rel = path.relative_to(folder).as_posix()
         if path.is_dir():
             return {"type": "directory", "oid": hashlib.sha1(rel.encode()).hexdigest(), "path": rel}
-        return {
+        return {  # a file's oid is its content's hash, as the hub's git blob id
             "type": "file",
-            "oid": hashlib.sha1(rel.encode()).hexdigest(),
+            "oid": hashlib.sha1(path.read_bytes()).hexdigest(),
             "size": path.stat().st_size,
             "path": rel,
         }

@@ -85,6 +85,18 @@ def test_wds_through_the_hub_stand_in_reads_ranges_of_each_shard(tmp_path, fake_
     assert all(r and r.startswith("bytes=") for _, r in downloads)  # ranged reads, never a whole copy
 
 
+def test_a_rewritten_shard_of_the_same_size_is_indexed_again(tmp_path):
+    """A process indexes a split once; a shard rewritten with other labels is read anew even where
+    tar's 10 KiB records keep its size (the stale index once served the old labels)."""
+    write_wds(tmp_path / "tiny", "test", [0, 1, 2], CLASSES, shards=1)
+    shard = tmp_path / "tiny" / "test" / "0.tar"
+    size = shard.stat().st_size
+    assert labels_of(open_dataset(f"wds:{tmp_path / 'tiny'}", "test")) == ["cat", "dog", "bird"]
+    write_wds(tmp_path / "tiny", "test", [2, 2, 0], CLASSES, shards=1)
+    assert shard.stat().st_size == size
+    assert labels_of(open_dataset(f"wds:{tmp_path / 'tiny'}", "test")) == ["bird", "bird", "cat"]
+
+
 def test_registered_benchmark_from_its_hub_source(tmp_path, fake_hub):
     """ImageNet-1k's source is CLIP_benchmark's public wds_imagenet1k (`test` = ImageNet val); the
     copy's class names (CLIP's) are matched to the benchmark's list, labels stay on their class."""
