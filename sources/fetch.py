@@ -67,6 +67,7 @@ def whereabouts(bench: Benchmark) -> Whereabouts:
 def listing() -> list[str]:
     """One line per registered benchmark."""
     lines = []
+    width = max(len(b.name) for b in BENCHMARK_LIST)
     for bench in BENCHMARK_LIST:
         where = whereabouts(bench)
         size = f"{bench.size:,} images" if bench.size else "size unknown"
@@ -77,7 +78,7 @@ def listing() -> list[str]:
         }.get(where.kind, "")
         state = "present" if where.present else state
         lines.append(
-            f"{bench.name:<12} {bench.split:<5} {size:>15}  {bench.num_classes:>4} classes  "
+            f"{bench.name:<{width}} {bench.split:<5} {size:>15}  {bench.num_classes:>4} classes  "
             f"{where.kind}: {where.location}  [{state}]"
         )
     return lines
