@@ -105,9 +105,15 @@ def test_wdys_datasets_lists_every_benchmark_with_a_source(tmp_path, capsys):
         assert " hub: " in line or " archive: torchvision:Places365" in line
     (tmp_path / "data" / "dtd" / "test" / "banded").mkdir(parents=True)
     guarded(fetch_main, [])
-    assert f"dtd          test     1,880 images    47 classes  local copy: {tmp_path / 'data' / 'dtd'}" in (
-        capsys.readouterr().out
-    )
+    dtd = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dtd "))
+    assert dtd.split() == ["dtd", "test", "1,880", "images", "47", "classes", "local", "copy:"] + [
+        str(tmp_path / "data" / "dtd"),
+        "(imagefolder,",
+        "test)",
+        "[present]",
+    ]
+    # the columns line up whatever the names' lengths
+    assert len({line.index(" images") for line in lines}) == 1
 
 
 def test_fetch_resumes_a_part_verifies_the_count_then_runs_read_the_copy(
