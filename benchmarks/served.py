@@ -136,7 +136,7 @@ def describer_tasks(root: str, images: int, shard_size: int) -> tuple[float, flo
         for s, part in enumerate(parts):
             for describer_task in (describe_shard, predict_shard):  # as flows.stages.answer submits them
                 submit = for_describer(describer_task, source.describer).submit
-                futures.append(submit(root, part, source, wait_for=[manifests[s]]))
+                futures.append(submit(root, part, source, manifests[s]))
         return [f.result() for f in futures], time.perf_counter() - started
 
     started, cpu = time.perf_counter(), time.process_time()

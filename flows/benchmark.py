@@ -172,8 +172,9 @@ def benchmark(
         for encoder in encoders:
             weights = stages.class_weights(run, plan, encoder, sources, class_weights, class_answers)
             for source in sources:
-                texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
-                stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
+                shards = manifests, images[encoder]
+                texts = stages.embed_answers(run, plan, encoder, source, *shards, answers, weights)
+                stages.classify(run, plan, encoder, source, class_weights, *shards, texts, weights)
     results = run.progress.wait(run.futures)
     selections, names = [p.selection for p in plans], [p.class_names for p in plans]
     record_keys(root, selections, names, encoders, [s for s in sources if s], class_weights)

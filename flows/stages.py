@@ -1,8 +1,10 @@
 """The benchmark's stages. Each submits one stage's tasks for one dataset split and returns what the
-next stage needs: per shard, the futures of the shards it reads.
+next stage needs: per shard, the futures of the shards it reads. A task receives those futures as
+arguments: Prefect waits for them and hands it their results (each a `ShardResult` with its shard's
+path), and a failed one leaves the task not run.
 
-Tasks are submitted in dependency order (every task after the tasks it waits for) to a first-in,
-first-out pool, so a bounded pool cannot deadlock. An answer source of None is the image-only
+Tasks are submitted in dependency order (every task after the tasks whose results it receives) to a
+first-in, first-out pool, so a bounded pool cannot deadlock. An answer source of None is the image-only
 baseline: no describer, so no answers, no answer embeddings and only the weightings that need none.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 from prefect import Task
 from prefect.futures import PrefectFuture
 
-from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
+from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS, weighting_source
 from method.prompts import AnswerKind
 from storage.keys import AnswerSource, run_keys
 from tasks.answers import for_describer
@@ -72,12 +74,10 @@ def answer(
             shard = plan.shard(s)
             for kind, shard_task in kinds:
                 answers.setdefault((source, kind), []).append(
-                    run.submit(shard_task, run.root, shard, source, wait_for=[manifest])
+                    run.submit(shard_task, run.root, shard, source, manifest)
                 )
             for encoder in encoders if i == 0 else ():
-                images[encoder].append(
-                    run.submit(embed_images_shard, run.root, shard, encoder, wait_for=[manifest])
-                )
+                images[encoder].append(run.submit(embed_images_shard, run.root, shard, encoder, manifest))
     return answers, images
 
 
@@ -104,35 +104,29 @@ def class_weights(
     class_answers: dict[Source, PrefectFuture],
 ) -> dict[tuple[str, Source], PrefectFuture]:
     """Every weighting an encoder needs, keyed by (weighting, source); a weighting made without class
-    descriptions is computed once (source None) and serves every source. A `sum` waits for its parts."""
+    descriptions is computed once (`weighting_source`: source None) and serves every source. A `sum`
+    receives its parts, each submitted before it."""
     dataset, names = plan.selection.dataset, plan.class_names
-    needed = list(
-        dict.fromkeys(
-            [*weightings, *([SHORTLIST_WEIGHTING] if any(s and s.shortlist for s in sources) else [])]
-        )
-    )
+    asked = [*weightings, *([SHORTLIST_WEIGHTING] if any(s and s.shortlist for s in sources) else [])]
+    needed = list(dict.fromkeys(p for w in asked for p in (*WEIGHTINGS[w].parts, w)))
     order = sorted(needed, key=lambda w: bool(WEIGHTINGS[w].parts))  # parts before what sums them
     weights: dict[tuple[str, Source], PrefectFuture] = {}
     for w in order:
-        for source in sources if w in NEEDS_DESCRIPTIONS else [None]:
+        for source in dict.fromkeys(weighting_source(w, s) for s in sources):
             if w in NEEDS_DESCRIPTIONS and source is None:
                 continue
-            upstream = [class_answers[source]] if source in class_answers else []
-            upstream += [weights[key] for key in _parts(w, source) if key in weights]
+            descriptions = class_answers.get(source) if WEIGHTINGS[w].texts == "descriptions" else None
+            parts = [weights_for(weights, p, source) for p in WEIGHTINGS[w].parts]
             weights[(w, source)] = run.submit(
-                class_weights_task, run.root, dataset, names, encoder, w, source, wait_for=upstream
+                class_weights_task, run.root, dataset, names, encoder, w, source, descriptions, parts
             )
     return weights
-
-
-def _parts(weighting: str, source: Source) -> list[tuple[str, Source]]:
-    return [(p, source if p in NEEDS_DESCRIPTIONS else None) for p in WEIGHTINGS[weighting].parts]
 
 
 def weights_for(
     weights: dict[tuple[str, Source], PrefectFuture], weighting: str, source: Source
 ) -> PrefectFuture:
-    return weights[(weighting, source if weighting in NEEDS_DESCRIPTIONS else None)]
+    return weights[(weighting, weighting_source(weighting, source))]
 
 
 def embed_answers(
@@ -140,10 +134,11 @@ def embed_answers(
     plan: ShardPlan,
     encoder: str,
     source: Source,
-    answers: dict[tuple[Source, AnswerKind], Futures],
+    manifests: Futures,
     images: Futures,
+    answers: dict[tuple[Source, AnswerKind], Futures],
     weights: dict[tuple[str, Source], PrefectFuture],
-) -> dict[str, Futures]:
+) -> dict[AnswerKind, Futures]:
     """The encoder's embeddings of a source's descriptions and guesses; a shortlisted guess is asked
     here, since this encoder's image-only scores rank the classes it lists. None without a source."""
     if source is None:
@@ -153,16 +148,20 @@ def embed_answers(
         ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
         guess = for_describer(predict_shard, source.describer)
         guesses = [
-            run.submit(guess, run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking])
+            run.submit(guess, run.root, plan.shard(s), source, manifests[s], encoder, images[s], ranking)
             for s in range(len(images))
         ]
-    texts = {}
-    for kind, asked in (("description", answers[(source, "description")]), ("prediction", guesses)):
-        texts[kind] = [
-            run.submit(embed_texts_shard, run.root, plan.shard(s), encoder, source, kind, wait_for=[done])
-            for s, done in enumerate(asked)
+    asked: dict[AnswerKind, Futures] = {
+        "description": answers[(source, "description")],
+        "prediction": guesses,
+    }
+    return {
+        kind: [
+            run.submit(embed_texts_shard, run.root, plan.shard(s), encoder, source, kind, done)
+            for s, done in enumerate(shards)
         ]
-    return texts
+        for kind, shards in asked.items()
+    }
 
 
 def classify(
@@ -171,15 +170,17 @@ def classify(
     encoder: str,
     source: Source,
     weightings: Sequence[str],
+    manifests: Futures,
     images: Futures,
-    texts: dict[str, Futures],
+    texts: dict[AnswerKind, Futures],
     weights: dict[tuple[str, Source], PrefectFuture],
 ) -> None:
     """Every component subset of every shard under each weighting (image-only without a source)."""
     for weighting in weightings:
         if source is None and weighting in NEEDS_DESCRIPTIONS:
             continue
+        weighted = weights_for(weights, weighting, source)
         for s, image in enumerate(images):
-            upstream = [image, weights_for(weights, weighting, source), *(t[s] for t in texts.values())]
-            run.submit(classify_shard, run.root, plan.shard(s), encoder, source, weighting, wait_for=upstream)
+            read = (manifests[s], image, weighted, {kind: t[s] for kind, t in texts.items()})
+            run.submit(classify_shard, run.root, plan.shard(s), encoder, source, weighting, *read)
         run.runs.append(run_keys(plan.selection, plan.class_names, encoder, source, weighting))

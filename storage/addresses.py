@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from method.fusion import WEIGHTINGS
+from method.fusion import weighting_source
 from method.prompts import AnswerKind
 from storage.keys import NO_ANSWERS, AnswerSource, Selection, classes_key, run_keys
 from storage.paths import shard_path
@@ -72,7 +72,8 @@ def class_weights_shard(
     source: AnswerSource | None,
 ) -> str:
     """`source` only counts for weightings made from class descriptions (see method.fusion)."""
-    answers = source.class_keys() if source and WEIGHTINGS[weighting].needs_descriptions else NO_ANSWERS
+    made_from = weighting_source(weighting, source)
+    answers = made_from.class_keys() if made_from else NO_ANSWERS
     classes = classes_key(class_names)
     keys = {"dataset": dataset, "classes": classes, "encoder": encoder, "class_weights": weighting, **answers}
     return shard_path(root, CLASS_WEIGHTS, keys, 0)

@@ -13,10 +13,10 @@ import pyarrow as pa
 
 from backends.base import Answer
 from backends.registry import default_class_samples, describer_settings, load_describer
-from method.fusion import SHORTLIST_WEIGHTING, logits, normalize, shortlist
+from method.fusion import logits, normalize, shortlist
 from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
 from sources.images import decode_manifest
-from storage.addresses import answers_shard, class_weights_shard, image_embeddings_shard, manifest_shard
+from storage.addresses import answers_shard
 from storage.io import exists, read_table
 from storage.keys import AnswerSource
 from storage.schemas import DESCRIPTIONS
@@ -55,16 +55,17 @@ def answers_table(image_ids: list[str], answers: list[Answer], classes: list[lis
 
 
 def answer_images(
-    root: str, shard: Shard, source: AnswerSource, path: str, ask_describer, classes=None
+    manifest: ShardResult, source: AnswerSource, path: str, ask_describer, classes=None
 ) -> ShardResult:
-    """The shard of answers at `path`: decode the shard's images, let `ask_describer(describer,
-    image_indices, images)` answer the ones that decoded and are not answered yet, and record a
-    decode error for the others. `classes[i]` is what a shortlisted prompt listed for image i."""
-    manifest = read_table(manifest_shard(root, shard.selection, shard.index))
-    ids = manifest.column("image_id").to_pylist()
+    """The shard of answers at `path`: decode the images of the shard's `manifest`, let
+    `ask_describer(describer, image_indices, images)` answer the ones that decoded and are not
+    answered yet, and record a decode error for the others. `classes[i]` is what a shortlisted
+    prompt listed for image i."""
+    table = read_table(manifest.path)
+    ids = table.column("image_id").to_pylist()
 
     def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
-        images, errors = decode_manifest(manifest.take(todo))
+        images, errors = decode_manifest(table.take(todo))
         ok = [j for j, im in enumerate(images) if im is not None]
         answers = [Answer(None, error=e) for e in errors]
         if not ok:
@@ -87,41 +88,48 @@ def answer_images(
 
 @stage("describe")
 @describer_task("describe")
-def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
+def describe_shard(root: str, shard: Shard, source: AnswerSource, manifest: ShardResult) -> ShardResult:
     path = answers_shard(root, shard.selection, shard.class_names, source, "description", shard.index)
-    return answer_images(root, shard, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
+    return answer_images(manifest, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
 
 
-def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> list[list[int]]:
-    sel = shard.selection
-    images = read_table(image_embeddings_shard(root, sel, encoder_id, shard.index))
-    weights = read_class_weights(
-        class_weights_shard(root, sel.dataset, shard.class_names, encoder_id, SHORTLIST_WEIGHTING, None)
-    )
-    scores = logits(np.nan_to_num(normalize(embeddings_or_nan(images.column("embedding")))), weights)
+def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> list[list[int]]:
+    """Each image's top `k` classes by its image embedding (`images`) against the class weights that
+    rank them (`ranking`)."""
+    embeddings = read_table(images.path).column("embedding")
+    scores = logits(np.nan_to_num(normalize(embeddings_or_nan(embeddings))), read_class_weights(ranking.path))
     return shortlist(scores, k)
 
 
 @stage("describe")
 @describer_task("predict")
 def predict_shard(
-    root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
+    root: str,
+    shard: Shard,
+    source: AnswerSource,
+    manifest: ShardResult,
+    encoder_id: str | None = None,
+    images: ShardResult | None = None,
+    ranking: ShardResult | None = None,
 ) -> ShardResult:
-    """`encoder_id` ranks the shortlist; it is unused (and may be None) without one."""
+    """A shortlist is ranked by the encoder `encoder_id`: its embeddings of the shard's `images`
+    against its class weights `ranking` (`SHORTLIST_WEIGHTING`); all three are unused (and may be
+    None) without one."""
     names = shard.class_names
     path = answers_shard(root, shard.selection, names, source, "prediction", shard.index, encoder_id)
     if exists(path):
         return ShardResult(path, computed=False)
-    if source.shortlist and encoder_id is None:
-        raise ValueError("a shortlist is ranked by an encoder's image embeddings: pass its id")
-    listed = (
-        shortlisted_classes(root, shard, encoder_id, source.shortlist)
-        if source.shortlist and encoder_id is not None
-        else [list(range(len(names)))] * len(shard.rows)
-    )
+    if not source.shortlist:
+        listed = [list(range(len(names)))] * len(shard.rows)
+    elif encoder_id is None or images is None or ranking is None:
+        raise ValueError(
+            "a shortlist is ranked by an encoder's image embeddings and class weights: pass them"
+        )
+    else:
+        listed = shortlisted_classes(images, ranking, source.shortlist)
 
     def guess(describer, indices, images):
         class_lists = [[names[c] for c in listed[i]] for i in indices]
         return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
 
-    return answer_images(root, shard, source, path, guess, listed if source.shortlist else None)
+    return answer_images(manifest, source, path, guess, listed if source.shortlist else None)
