@@ -57,13 +57,13 @@ CLASS_WEIGHTINGS = tuple(WEIGHTINGS)
 PAPER_WEIGHTINGS = tuple(w.name for w in WEIGHTINGS.values() if w.in_paper)
 NEEDS_DESCRIPTIONS = tuple(w.name for w in WEIGHTINGS.values() if w.needs_descriptions)
 SHORTLIST_WEIGHTING = "templates"  # the image-only scores that rank classes for a shortlist
-Source = TypeVar("Source")
+A = TypeVar("A")
 
 
-def weighting_source(weighting: str, source: Source | None) -> Source | None:
-    """The answer source a weighting is made from: None for one made without class descriptions, so
-    it is computed once and serves every source (its address, its task and its readers agree)."""
-    return source if WEIGHTINGS[weighting].needs_descriptions else None
+def weighting_answerer(weighting: str, answerer: A | None) -> A | None:
+    """The answerer a weighting is made from: None for one made without class descriptions, so
+    it is computed once and serves every answerer (its address, its task and its readers agree)."""
+    return answerer if WEIGHTINGS[weighting].needs_descriptions else None
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from method.prompts import (
 )
 from storage.addresses import class_descriptions_shard, class_weights_shard
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
 from tasks.answers import Settle, answer_shard, describer_task
 from tasks.cache import ShardResult, cached_shard
@@ -35,21 +35,21 @@ from tasks.slots import MODEL_TAG, exclusive
 @stage("class weights")
 @describer_task("describe-classes")
 def describe_classes(
-    root: str, dataset: str, class_names: tuple[str, ...], source: AnswerSource
+    root: str, dataset: str, class_names: tuple[str, ...], answerer: Answerer
 ) -> ShardResult:
-    """`source.class_samples` sampled descriptions per class and prompt (CuPL-style), each seeded by
+    """`answerer.class_samples` sampled descriptions per class and prompt (CuPL-style), each seeded by
     its prompt and index, so a sample asked again after a failure is the one it would have been."""
     items = [
         (c, p, s)
         for c in range(len(class_names))
         for p in range(len(CLASS_DESCRIPTION_PROMPTS))
-        for s in range(source.class_samples)
+        for s in range(answerer.class_samples)
     ]
     prompts = [class_description_prompts(name) for name in class_names]
 
     def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
         asked = [items[i] for i in todo]
-        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
+        describer = load_describer(answerer.describer, answerer.max_new_tokens, answerer.settings)
         with exclusive(describer) as passes:
             answers = describer.describe_classes(
                 [prompts[c][p] for c, p, _ in asked],
@@ -77,8 +77,8 @@ def describe_classes(
         ]
         return pa.Table.from_pylist(table, schema=CLASS_DESCRIPTIONS.schema())
 
-    path = class_descriptions_shard(root, dataset, class_names, source)
-    return answer_shard(path, source.describer, ["class_index", "prompt_index", "sample"], items, ask, rows)
+    path = class_descriptions_shard(root, dataset, class_names, answerer)
+    return answer_shard(path, answerer.describer, ["class_index", "prompt_index", "sample"], items, ask, rows)
 
 
 def _class_texts(
@@ -132,7 +132,7 @@ def class_weights_task(
     class_names: tuple[str, ...],
     encoder_id: str,
     weighting: str,
-    source: AnswerSource | None,
+    answerer: Answerer | None,
     descriptions: ShardResult | None = None,
     parts: Sequence[ShardResult] = (),
 ) -> ShardResult:
@@ -160,5 +160,5 @@ def class_weights_task(
         weights = combine_texts(recipe, groups)
         return _weights_table(class_names, weights, [len(t) for t in per_class], cut), spent
 
-    path = class_weights_shard(root, dataset, class_names, encoder_id, weighting, source)
+    path = class_weights_shard(root, dataset, class_names, encoder_id, weighting, answerer)
     return cached_shard(path, compute)

@@ -1,6 +1,6 @@
 """Classify one shard: fuse every component subset and score it against one set of class weights.
 
-Without an answer source (no describer) only the image-only subset is scored: plain zero-shot.
+Without an answerer (no describer) only the image-only subset is scored: plain zero-shot.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from method.fusion import component_subsets, fuse, logits, normalize, subset_nam
 from method.prompts import AnswerKind
 from storage.addresses import predictions_shard
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import PREDICTIONS
 from tasks.cache import ShardResult, cached_shard
 from tasks.class_weights import read_class_weights
@@ -35,7 +35,7 @@ def embeddings_or_nan(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def load_components(images: ShardResult, texts: dict[AnswerKind, ShardResult]) -> dict:
     """The shard's normalised image vectors and those of each kind of answer in `texts`, NaN rows
-    where missing (the image vectors alone without a source)."""
+    where missing (the image vectors alone without an answerer)."""
     table = read_table(images.path)
     components = {"image": normalize(embeddings_or_nan(table.column("embedding")))}
     order = {image_id: i for i, image_id in enumerate(table.column("image_id").to_pylist())}
@@ -55,17 +55,17 @@ def classify_shard(
     root: str,
     shard: Shard,
     encoder_id: str,
-    source: AnswerSource | None,
+    answerer: Answerer | None,
     weighting: str,
     manifest: ShardResult,
     images: ShardResult,
     weights: ShardResult,
     texts: dict[AnswerKind, ShardResult],
 ) -> ShardResult:
-    """Score the shard's `images` and its answers' embeddings `texts` by kind (none without a source),
+    """Score the shard's `images` and its answers' embeddings `texts` by kind (none without an answerer),
     alone and fused, against the class `weights`; the labels come from its `manifest`."""
     path = predictions_shard(
-        root, shard.selection, shard.class_names, encoder_id, source, weighting, shard.index
+        root, shard.selection, shard.class_names, encoder_id, answerer, weighting, shard.index
     )
 
     def compute():
@@ -73,7 +73,7 @@ def classify_shard(
         components = load_components(images, texts)
         class_weights = read_class_weights(weights.path)
         columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
-        for subset in component_subsets() if source else [("image",)]:
+        for subset in component_subsets() if answerer else [("image",)]:
             queries, valid = fuse(components, subset)
             classes, scores = top_k(logits(np.nan_to_num(queries), class_weights), TOP)
             columns["image_id"] += rows.column("image_id").to_pylist()

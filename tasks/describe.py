@@ -18,7 +18,7 @@ from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
 from sources.images import decode_manifest
 from storage.addresses import answers_shard
 from storage.io import exists, read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import DESCRIPTIONS
 from tasks.answers import Settle, answer_shard, describer_task
 from tasks.cache import ShardResult
@@ -29,13 +29,13 @@ from tasks.progress import stage
 from tasks.slots import exclusive
 
 
-def answer_source(
+def answerer_for(
     describer: str, max_new_tokens: int, class_samples: int | None, shortlist: int | None
-) -> AnswerSource:
+) -> Answerer:
     """The cache identity of a describer's answers, found without loading it."""
     settings = json.dumps(describer_settings(describer, max_new_tokens), sort_keys=True)
     samples = class_samples or default_class_samples(describer)
-    return AnswerSource(describer, settings, max_new_tokens, samples, shortlist)
+    return Answerer(describer, settings, max_new_tokens, samples, shortlist)
 
 
 def answers_table(image_ids: list[str], answers: list[Answer], classes: list[list[int]] | None) -> pa.Table:
@@ -55,7 +55,7 @@ def answers_table(image_ids: list[str], answers: list[Answer], classes: list[lis
 
 
 def answer_images(
-    manifest: ShardResult, source: AnswerSource, path: str, ask_describer, classes=None
+    manifest: ShardResult, answerer: Answerer, path: str, ask_describer, classes=None
 ) -> ShardResult:
     """The shard of answers at `path`: decode the images of the shard's `manifest`, let
     `ask_describer(describer, image_indices, images)` answer the ones that decoded and are not
@@ -70,7 +70,7 @@ def answer_images(
         answers = [Answer(None, error=e) for e in errors]
         if not ok:
             return answers, 0
-        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
+        describer = load_describer(answerer.describer, answerer.max_new_tokens, answerer.settings)
         with exclusive(describer) as passes:
             got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
             spent = passes()
@@ -83,14 +83,14 @@ def answer_images(
         listed = [classes[i] for i in positions] if classes is not None else None
         return answers_table([ids[i] for i in positions], answers, listed)
 
-    return answer_shard(path, source.describer, ["image_id"], ids, ask, rows)
+    return answer_shard(path, answerer.describer, ["image_id"], ids, ask, rows)
 
 
 @stage("describe")
 @describer_task("describe")
-def describe_shard(root: str, shard: Shard, source: AnswerSource, manifest: ShardResult) -> ShardResult:
-    path = answers_shard(root, shard.selection, shard.class_names, source, "description", shard.index)
-    return answer_images(manifest, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
+def describe_shard(root: str, shard: Shard, answerer: Answerer, manifest: ShardResult) -> ShardResult:
+    path = answers_shard(root, shard.selection, shard.class_names, answerer, "description", shard.index)
+    return answer_images(manifest, answerer, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
 
 
 def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> list[list[int]]:
@@ -106,7 +106,7 @@ def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> li
 def predict_shard(
     root: str,
     shard: Shard,
-    source: AnswerSource,
+    answerer: Answerer,
     manifest: ShardResult,
     encoder_id: str | None = None,
     images: ShardResult | None = None,
@@ -116,20 +116,20 @@ def predict_shard(
     against its class weights `ranking` (`SHORTLIST_WEIGHTING`); all three are unused (and may be
     None) without one."""
     names = shard.class_names
-    path = answers_shard(root, shard.selection, names, source, "prediction", shard.index, encoder_id)
+    path = answers_shard(root, shard.selection, names, answerer, "prediction", shard.index, encoder_id)
     if exists(path):
         return ShardResult(path, computed=False)
-    if not source.shortlist:
+    if not answerer.shortlist:
         listed = [list(range(len(names)))] * len(shard.rows)
     elif encoder_id is None or images is None or ranking is None:
         raise ValueError(
             "a shortlist is ranked by an encoder's image embeddings and class weights: pass them"
         )
     else:
-        listed = shortlisted_classes(images, ranking, source.shortlist)
+        listed = shortlisted_classes(images, ranking, answerer.shortlist)
 
     def guess(describer, indices, images):
         class_lists = [[names[c] for c in listed[i]] for i in indices]
         return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
 
-    return answer_images(manifest, source, path, guess, listed if source.shortlist else None)
+    return answer_images(manifest, answerer, path, guess, listed if answerer.shortlist else None)

@@ -12,7 +12,7 @@ from method.prompts import AnswerKind
 from sources.images import decode_manifest
 from storage.addresses import image_embeddings_shard, text_embeddings_shard
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
@@ -62,11 +62,11 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str, manifest: Shard
 @stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=[MODEL_TAG])
 def embed_texts_shard(
-    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: AnswerKind, asked: ShardResult
+    root: str, shard: Shard, encoder_id: str, answerer: Answerer, kind: AnswerKind, asked: ShardResult
 ) -> ShardResult:
     """Embed one kind of answer ('description' or 'prediction') of one shard: the answers `asked`."""
     path = text_embeddings_shard(
-        root, shard.selection, shard.class_names, encoder_id, source, kind, shard.index
+        root, shard.selection, shard.class_names, encoder_id, answerer, kind, shard.index
     )
 
     def compute():

@@ -19,7 +19,7 @@ from storage.addresses import answers_shard
 from storage.io import exists
 from storage.keys import Selection
 from tasks.cache import ShardResult
-from tasks.describe import answer_source, describe_shard
+from tasks.describe import answerer_for, describe_shard
 from tasks.ingest import ingest_shard
 from tasks.plan import Shard
 
@@ -66,10 +66,10 @@ def test_a_revision_that_changes_on_disk_is_seen(model_dir: Path, tmp_path: Path
 def test_hf_worker_loads_the_keys_revision(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """The worker answers at the revision the flow resolved, whatever its own cache says now."""
     main = two_revisions(model_dir, tmp_path, "tiny-org/pinned-by-key", monkeypatch)
-    source = answer_source("hf:tiny-org/pinned-by-key", 4, 1, None)
+    answerer = answerer_for("hf:tiny-org/pinned-by-key", 4, 1, None)
     main.write_text(NEWER)  # the model changed on disk after the flow resolved it
 
-    describer = registry.load_describer(source.describer, 4, source.settings)
+    describer = registry.load_describer(answerer.describer, 4, answerer.settings)
 
     assert describer.settings()["revision"] == REVISION
 
@@ -78,14 +78,14 @@ def test_hf_worker_with_another_dtype_stores_nothing(model_dir: Path, tmp_path: 
     """A GPU flow host keys bf16 answers; this CPU worker would answer in float32: it refuses."""
     root = str(tmp_path)
     shard, manifest = a_shard(root)
-    source = answer_source(f"hf:{model_dir}", 4, 1, None)
-    on_gpu = json.dumps({**json.loads(source.settings), "dtype": "bfloat16"}, sort_keys=True)
-    source = type(source)(source.describer, on_gpu, 4, 1, None)
+    answerer = answerer_for(f"hf:{model_dir}", 4, 1, None)
+    on_gpu = json.dumps({**json.loads(answerer.settings), "dtype": "bfloat16"}, sort_keys=True)
+    answerer = type(answerer)(answerer.describer, on_gpu, 4, 1, None)
 
-    message = refused(lambda: describe_shard.fn(root, shard, source, manifest))
+    message = refused(lambda: describe_shard.fn(root, shard, answerer, manifest))
 
     assert "dtype" in message and "bfloat16" in message and "float32" in message
-    assert not exists(answers_shard(root, shard.selection, NAMES, source, "description", 0))
+    assert not exists(answers_shard(root, shard.selection, NAMES, answerer, "description", 0))
 
 
 def test_openai_worker_with_another_endpoint_stores_nothing(tmp_path: Path, monkeypatch) -> None:
@@ -94,11 +94,11 @@ def test_openai_worker_with_another_endpoint_stores_nothing(tmp_path: Path, monk
     root = str(tmp_path)
     shard, manifest = a_shard(root)
     with serving(monkeypatch) as keyed:
-        source = answer_source("openai:test-vlm-endpoint", 8, 1, None)
+        answerer = answerer_for("openai:test-vlm-endpoint", 8, 1, None)
         with serving(monkeypatch) as other:
             assert isinstance(other, FakeChatServer) and other.base_url != keyed.base_url
 
-            message = refused(lambda: describe_shard.fn(root, shard, source, manifest))
+            message = refused(lambda: describe_shard.fn(root, shard, answerer, manifest))
 
             assert "endpoint" in message and not other.requests and not keyed.requests
-    assert not exists(answers_shard(root, shard.selection, NAMES, source, "description", 0))
+    assert not exists(answers_shard(root, shard.selection, NAMES, answerer, "description", 0))
