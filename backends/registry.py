@@ -105,7 +105,7 @@ def load_encoder(model_id: str) -> Encoder:
 def load_describer(
     model_id: str, max_new_tokens: int = MAX_NEW_TOKENS, settings: str | None = None
 ) -> Describer:
-    """`settings`: the JSON a run's key was made from (`storage.keys.AnswerSource.settings`, resolved
+    """`settings`: the JSON a run's key was made from (`storage.keys.Answerer.settings`, resolved
     on the flow's machine). The describer answers with exactly those (an `hf:` model at their
     revision), or refuses with `DescriberUnavailable` where this process would answer otherwise."""
     with _load_lock:

@@ -120,13 +120,13 @@ def describer_tasks(root: str, images: int, shard_size: int) -> tuple[float, flo
     from storage.io import read_table
     from storage.keys import Selection
     from tasks.answers import for_describer
-    from tasks.describe import answer_source, describe_shard, predict_shard
+    from tasks.describe import answerer_for, describe_shard, predict_shard
     from tasks.ingest import ingest_shard
     from tasks.plan import plan_dataset
 
     plan = plan_dataset(Selection("cifar10", "test", images, 0, shard_size))
     parts = [plan.shard(i) for i in range(len(plan.shards))]
-    source = answer_source(f"openai:bench-{time.time_ns()}", 77, None, None)
+    answerer = answerer_for(f"openai:bench-{time.time_ns()}", 77, None, None)
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=task_threads()))
     def describe_only() -> tuple[list, float]:
@@ -135,8 +135,8 @@ def describer_tasks(root: str, images: int, shard_size: int) -> tuple[float, flo
         futures = []
         for s, part in enumerate(parts):
             for describer_task in (describe_shard, predict_shard):  # as flows.stages.answer submits them
-                submit = for_describer(describer_task, source.describer).submit
-                futures.append(submit(root, part, source, wait_for=[manifests[s]]))
+                submit = for_describer(describer_task, answerer.describer).submit
+                futures.append(submit(root, part, answerer, manifests[s]))
         return [f.result() for f in futures], time.perf_counter() - started
 
     started, cpu = time.perf_counter(), time.process_time()

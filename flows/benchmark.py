@@ -37,10 +37,10 @@ from flows import stages
 from flows.cli import add_flow_parameters, argument
 from flows.cluster import check_cluster, dask_task_runner
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
-from storage.keys import AnswerSource, Selection
+from storage.keys import Answerer, Selection
 from storage.paths import resolve_root
 from tasks.cache import ShardResult
-from tasks.describe import answer_source
+from tasks.describe import answerer_for
 from tasks.evaluate import evaluate, format_table
 from tasks.key_values import record_keys
 from tasks.plan import ShardPlan, plan_dataset
@@ -159,24 +159,25 @@ def benchmark(
     encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)
     check_cluster(root)  # on Dask: a GPU worker exists, and the workers see the root
-    sources: list[AnswerSource | None] = [
-        answer_source(d, max_new_tokens, class_samples, shortlist) for d in describers
+    answerers: list[Answerer | None] = [
+        answerer_for(d, max_new_tokens, class_samples, shortlist) for d in describers
     ] or [None]
     plans = open_plans(datasets, splits, Selection("", "", limit, sample_seed, shard_size))
     check_shortlist(shortlist, plans)
     run = stages.Run(root, RunProgress.for_this_run())  # counts the tasks it submits, stage by stage
     for plan in plans:
         manifests = stages.ingest(run, plan)
-        answers, images = stages.answer(run, plan, manifests, sources, encoders)
-        class_answers = stages.describe_classes_of(run, plan, sources, class_weights)
+        answers, images = stages.answer(run, plan, manifests, answerers, encoders)
+        class_answers = stages.describe_classes_of(run, plan, answerers, class_weights)
         for encoder in encoders:
-            weights = stages.class_weights(run, plan, encoder, sources, class_weights, class_answers)
-            for source in sources:
-                texts = stages.embed_answers(run, plan, encoder, source, answers, images[encoder], weights)
-                stages.classify(run, plan, encoder, source, class_weights, images[encoder], texts, weights)
+            weights = stages.class_weights(run, plan, encoder, answerers, class_weights, class_answers)
+            for answerer in answerers:
+                shards = manifests, images[encoder]
+                texts = stages.embed_answers(run, plan, encoder, answerer, *shards, answers, weights)
+                stages.classify(run, plan, encoder, answerer, class_weights, *shards, texts, weights)
     results = run.progress.wait(run.futures)
     selections, names = [p.selection for p in plans], [p.class_names for p in plans]
-    record_keys(root, selections, names, encoders, [s for s in sources if s], class_weights)
+    record_keys(root, selections, names, encoders, [s for s in answerers if s], class_weights)
     rows = evaluate(root, run.runs)
     return summarize(rows, results, root, report_task(root, run.runs), time.perf_counter() - started)
 

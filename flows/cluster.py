@@ -46,10 +46,10 @@ class PlacedDaskTaskRunner(DaskTaskRunner):
     merges `dask.annotate(...)` into what it sends the scheduler (tests/test_dask_cluster.py shows
     it reaches the placement)."""
 
-    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None):
+    def submit(self, task: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any):
         resources = gpu_resources() if MODEL_TAG in task.tags else {}
         with dask.annotate(resources=resources) if resources else nullcontext():
-            return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+            return super().submit(task, parameters, *args, **kwargs)
 
 
 def dask_task_runner() -> PlacedDaskTaskRunner:

@@ -1,8 +1,10 @@
 """The benchmark's stages. Each submits one stage's tasks for one dataset split and returns what the
-next stage needs: per shard, the futures of the shards it reads.
+next stage needs: per shard, the futures of the shards it reads. A task receives those futures as
+arguments: Prefect waits for them and hands it their results (each a `ShardResult` with its shard's
+path), and a failed one leaves the task not run.
 
-Tasks are submitted in dependency order (every task after the tasks it waits for) to a first-in,
-first-out pool, so a bounded pool cannot deadlock. An answer source of None is the image-only
+Tasks are submitted in dependency order (every task after the tasks whose results it receives) to a
+first-in, first-out pool, so a bounded pool cannot deadlock. An answerer of None is the image-only
 baseline: no describer, so no answers, no answer embeddings and only the weightings that need none.
 """
 
@@ -15,9 +17,9 @@ from typing import Any
 from prefect import Task
 from prefect.futures import PrefectFuture
 
-from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS
+from method.fusion import NEEDS_DESCRIPTIONS, SHORTLIST_WEIGHTING, WEIGHTINGS, weighting_answerer
 from method.prompts import AnswerKind
-from storage.keys import AnswerSource, run_keys
+from storage.keys import Answerer, run_keys
 from tasks.answers import for_describer
 from tasks.class_weights import class_weights_task, describe_classes
 from tasks.classify import classify_shard
@@ -28,7 +30,7 @@ from tasks.plan import Shard, ShardPlan
 from tasks.progress import RunProgress, stage_of
 
 Futures = list[PrefectFuture]  # one per shard, in shard order
-Source = AnswerSource | None
+MaybeAnswerer = Answerer | None
 
 
 @dataclass
@@ -54,43 +56,41 @@ def ingest(run: Run, plan: ShardPlan) -> Futures:
 
 
 def answer(
-    run: Run, plan: ShardPlan, manifests: Futures, sources: Sequence[Source], encoders: Sequence[str]
-) -> tuple[dict[tuple[Source, AnswerKind], Futures], dict[str, Futures]]:
+    run: Run, plan: ShardPlan, manifests: Futures, answerers: Sequence[MaybeAnswerer], encoders: Sequence[str]
+) -> tuple[dict[tuple[MaybeAnswerer, AnswerKind], Futures], dict[str, Futures]]:
     """The describers' answers that no encoder ranks (descriptions; guesses without a shortlist) and
     every encoder's image embeddings. One describer's shards come one after another, a shard's
     description and guess back to back (the describer reads it once), and the image embeddings
     beside the first describer's, so the describer and the encoders work side by side."""
-    answers: dict[tuple[Source, AnswerKind], Futures] = {}
+    answers: dict[tuple[MaybeAnswerer, AnswerKind], Futures] = {}
     images: dict[str, Futures] = {e: [] for e in encoders}
-    for i, source in enumerate(sources):
+    for i, answerer in enumerate(answerers):
         kinds: list[tuple[AnswerKind, Task]] = []
-        if source is not None:
-            kinds.append(("description", for_describer(describe_shard, source.describer)))
-            if source.shortlist is None:  # a shortlisted guess waits for an encoder (embed_answers)
-                kinds.append(("prediction", for_describer(predict_shard, source.describer)))
+        if answerer is not None:
+            kinds.append(("description", for_describer(describe_shard, answerer.describer)))
+            if answerer.shortlist is None:  # a shortlisted guess waits for an encoder (embed_answers)
+                kinds.append(("prediction", for_describer(predict_shard, answerer.describer)))
         for s, manifest in enumerate(manifests):
             shard = plan.shard(s)
             for kind, shard_task in kinds:
-                answers.setdefault((source, kind), []).append(
-                    run.submit(shard_task, run.root, shard, source, wait_for=[manifest])
+                answers.setdefault((answerer, kind), []).append(
+                    run.submit(shard_task, run.root, shard, answerer, manifest)
                 )
             for encoder in encoders if i == 0 else ():
-                images[encoder].append(
-                    run.submit(embed_images_shard, run.root, shard, encoder, wait_for=[manifest])
-                )
+                images[encoder].append(run.submit(embed_images_shard, run.root, shard, encoder, manifest))
     return answers, images
 
 
 def describe_classes_of(
-    run: Run, plan: ShardPlan, sources: Sequence[Source], weightings: Sequence[str]
-) -> dict[Source, PrefectFuture]:
+    run: Run, plan: ShardPlan, answerers: Sequence[MaybeAnswerer], weightings: Sequence[str]
+) -> dict[MaybeAnswerer, PrefectFuture]:
     """Each describer's class descriptions, when a weighting needs them."""
     if not set(weightings) & set(NEEDS_DESCRIPTIONS):
         return {}
     dataset, names = plan.selection.dataset, plan.class_names
     return {
         s: run.submit(for_describer(describe_classes, s.describer), run.root, dataset, names, s)
-        for s in sources
+        for s in answerers
         if s
     }
 
@@ -99,87 +99,88 @@ def class_weights(
     run: Run,
     plan: ShardPlan,
     encoder: str,
-    sources: Sequence[Source],
+    answerers: Sequence[MaybeAnswerer],
     weightings: Sequence[str],
-    class_answers: dict[Source, PrefectFuture],
-) -> dict[tuple[str, Source], PrefectFuture]:
-    """Every weighting an encoder needs, keyed by (weighting, source); a weighting made without class
-    descriptions is computed once (source None) and serves every source. A `sum` waits for its parts."""
+    class_answers: dict[MaybeAnswerer, PrefectFuture],
+) -> dict[tuple[str, MaybeAnswerer], PrefectFuture]:
+    """Every weighting an encoder needs, keyed by (weighting, answerer); a weighting made without class
+    descriptions is computed once (`weighting_answerer`: answerer None) and serves every answerer. A `sum`
+    receives its parts, each submitted before it."""
     dataset, names = plan.selection.dataset, plan.class_names
-    needed = list(
-        dict.fromkeys(
-            [*weightings, *([SHORTLIST_WEIGHTING] if any(s and s.shortlist for s in sources) else [])]
-        )
-    )
+    asked = [*weightings, *([SHORTLIST_WEIGHTING] if any(s and s.shortlist for s in answerers) else [])]
+    needed = list(dict.fromkeys(p for w in asked for p in (*WEIGHTINGS[w].parts, w)))
     order = sorted(needed, key=lambda w: bool(WEIGHTINGS[w].parts))  # parts before what sums them
-    weights: dict[tuple[str, Source], PrefectFuture] = {}
+    weights: dict[tuple[str, MaybeAnswerer], PrefectFuture] = {}
     for w in order:
-        for source in sources if w in NEEDS_DESCRIPTIONS else [None]:
-            if w in NEEDS_DESCRIPTIONS and source is None:
+        for answerer in dict.fromkeys(weighting_answerer(w, s) for s in answerers):
+            if w in NEEDS_DESCRIPTIONS and answerer is None:
                 continue
-            upstream = [class_answers[source]] if source in class_answers else []
-            upstream += [weights[key] for key in _parts(w, source) if key in weights]
-            weights[(w, source)] = run.submit(
-                class_weights_task, run.root, dataset, names, encoder, w, source, wait_for=upstream
+            descriptions = class_answers.get(answerer) if WEIGHTINGS[w].texts == "descriptions" else None
+            parts = [weights_for(weights, p, answerer) for p in WEIGHTINGS[w].parts]
+            weights[(w, answerer)] = run.submit(
+                class_weights_task, run.root, dataset, names, encoder, w, answerer, descriptions, parts
             )
     return weights
 
 
-def _parts(weighting: str, source: Source) -> list[tuple[str, Source]]:
-    return [(p, source if p in NEEDS_DESCRIPTIONS else None) for p in WEIGHTINGS[weighting].parts]
-
-
 def weights_for(
-    weights: dict[tuple[str, Source], PrefectFuture], weighting: str, source: Source
+    weights: dict[tuple[str, MaybeAnswerer], PrefectFuture], weighting: str, answerer: MaybeAnswerer
 ) -> PrefectFuture:
-    return weights[(weighting, source if weighting in NEEDS_DESCRIPTIONS else None)]
+    return weights[(weighting, weighting_answerer(weighting, answerer))]
 
 
 def embed_answers(
     run: Run,
     plan: ShardPlan,
     encoder: str,
-    source: Source,
-    answers: dict[tuple[Source, AnswerKind], Futures],
+    answerer: MaybeAnswerer,
+    manifests: Futures,
     images: Futures,
-    weights: dict[tuple[str, Source], PrefectFuture],
-) -> dict[str, Futures]:
-    """The encoder's embeddings of a source's descriptions and guesses; a shortlisted guess is asked
-    here, since this encoder's image-only scores rank the classes it lists. None without a source."""
-    if source is None:
+    answers: dict[tuple[MaybeAnswerer, AnswerKind], Futures],
+    weights: dict[tuple[str, MaybeAnswerer], PrefectFuture],
+) -> dict[AnswerKind, Futures]:
+    """The encoder's embeddings of an answerer's descriptions and guesses; a shortlisted guess is asked
+    here, since this encoder's image-only scores rank the classes it lists. None without an answerer."""
+    if answerer is None:
         return {}
-    guesses = answers.get((source, "prediction"))
+    guesses = answers.get((answerer, "prediction"))
     if guesses is None:
         ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
-        guess = for_describer(predict_shard, source.describer)
+        guess = for_describer(predict_shard, answerer.describer)
         guesses = [
-            run.submit(guess, run.root, plan.shard(s), source, encoder, wait_for=[images[s], ranking])
+            run.submit(guess, run.root, plan.shard(s), answerer, manifests[s], encoder, images[s], ranking)
             for s in range(len(images))
         ]
-    texts = {}
-    for kind, asked in (("description", answers[(source, "description")]), ("prediction", guesses)):
-        texts[kind] = [
-            run.submit(embed_texts_shard, run.root, plan.shard(s), encoder, source, kind, wait_for=[done])
-            for s, done in enumerate(asked)
+    asked: dict[AnswerKind, Futures] = {
+        "description": answers[(answerer, "description")],
+        "prediction": guesses,
+    }
+    return {
+        kind: [
+            run.submit(embed_texts_shard, run.root, plan.shard(s), encoder, answerer, kind, done)
+            for s, done in enumerate(shards)
         ]
-    return texts
+        for kind, shards in asked.items()
+    }
 
 
 def classify(
     run: Run,
     plan: ShardPlan,
     encoder: str,
-    source: Source,
+    answerer: MaybeAnswerer,
     weightings: Sequence[str],
+    manifests: Futures,
     images: Futures,
-    texts: dict[str, Futures],
-    weights: dict[tuple[str, Source], PrefectFuture],
+    texts: dict[AnswerKind, Futures],
+    weights: dict[tuple[str, MaybeAnswerer], PrefectFuture],
 ) -> None:
-    """Every component subset of every shard under each weighting (image-only without a source)."""
+    """Every component subset of every shard under each weighting (image-only without an answerer)."""
     for weighting in weightings:
-        if source is None and weighting in NEEDS_DESCRIPTIONS:
+        if answerer is None and weighting in NEEDS_DESCRIPTIONS:
             continue
+        weighted = weights_for(weights, weighting, answerer)
         for s, image in enumerate(images):
-            upstream = [image, weights_for(weights, weighting, source), *(t[s] for t in texts.values())]
-            run.submit(classify_shard, run.root, plan.shard(s), encoder, source, weighting, wait_for=upstream)
-        run.runs.append(run_keys(plan.selection, plan.class_names, encoder, source, weighting))
+            read = (manifests[s], image, weighted, {kind: t[s] for kind, t in texts.items()})
+            run.submit(classify_shard, run.root, plan.shard(s), encoder, answerer, weighting, *read)
+        run.runs.append(run_keys(plan.selection, plan.class_names, encoder, answerer, weighting))

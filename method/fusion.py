@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,13 @@ CLASS_WEIGHTINGS = tuple(WEIGHTINGS)
 PAPER_WEIGHTINGS = tuple(w.name for w in WEIGHTINGS.values() if w.in_paper)
 NEEDS_DESCRIPTIONS = tuple(w.name for w in WEIGHTINGS.values() if w.needs_descriptions)
 SHORTLIST_WEIGHTING = "templates"  # the image-only scores that rank classes for a shortlist
+A = TypeVar("A")
+
+
+def weighting_answerer(weighting: str, answerer: A | None) -> A | None:
+    """The answerer a weighting is made from: None for one made without class descriptions, so
+    it is computed once and serves every answerer (its address, its task and its readers agree)."""
+    return answerer if WEIGHTINGS[weighting].needs_descriptions else None
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from method.fusion import WEIGHTINGS
+from method.fusion import weighting_answerer
 from method.prompts import AnswerKind
-from storage.keys import NO_ANSWERS, AnswerSource, Selection, classes_key, run_keys
+from storage.keys import NO_ANSWERS, Answerer, Selection, classes_key, run_keys
 from storage.paths import shard_path
 from storage.schemas import (
     CLASS_DESCRIPTIONS,
@@ -29,13 +29,13 @@ def answers_shard(
     root: str,
     selection: Selection,
     class_names: Sequence[str],
-    source: AnswerSource,
+    answerer: Answerer,
     kind: AnswerKind,
     index: int,
     encoder: str | None = None,
 ) -> str:
     """A describer's answers of one kind; `encoder` ranks a shortlisted prediction's classes."""
-    keys = {**selection.keys(), **source.answer_keys(kind, class_names, encoder)}
+    keys = {**selection.keys(), **answerer.answer_keys(kind, class_names, encoder)}
     return shard_path(root, DESCRIPTIONS, keys, index)
 
 
@@ -48,18 +48,16 @@ def text_embeddings_shard(
     selection: Selection,
     class_names: Sequence[str],
     encoder: str,
-    source: AnswerSource,
+    answerer: Answerer,
     kind: AnswerKind,
     index: int,
 ) -> str:
-    keys = {**selection.keys(), "encoder": encoder, **source.answer_keys(kind, class_names, encoder)}
+    keys = {**selection.keys(), "encoder": encoder, **answerer.answer_keys(kind, class_names, encoder)}
     return shard_path(root, TEXT_EMBEDDINGS, keys, index)
 
 
-def class_descriptions_shard(
-    root: str, dataset: str, class_names: Sequence[str], source: AnswerSource
-) -> str:
-    keys = {"dataset": dataset, "classes": classes_key(class_names), **source.class_keys()}
+def class_descriptions_shard(root: str, dataset: str, class_names: Sequence[str], answerer: Answerer) -> str:
+    keys = {"dataset": dataset, "classes": classes_key(class_names), **answerer.class_keys()}
     return shard_path(root, CLASS_DESCRIPTIONS, keys, 0)
 
 
@@ -69,10 +67,11 @@ def class_weights_shard(
     class_names: Sequence[str],
     encoder: str,
     weighting: str,
-    source: AnswerSource | None,
+    answerer: Answerer | None,
 ) -> str:
-    """`source` only counts for weightings made from class descriptions (see method.fusion)."""
-    answers = source.class_keys() if source and WEIGHTINGS[weighting].needs_descriptions else NO_ANSWERS
+    """`answerer` only counts for weightings made from class descriptions (see method.fusion)."""
+    made_from = weighting_answerer(weighting, answerer)
+    answers = made_from.class_keys() if made_from else NO_ANSWERS
     classes = classes_key(class_names)
     keys = {"dataset": dataset, "classes": classes, "encoder": encoder, "class_weights": weighting, **answers}
     return shard_path(root, CLASS_WEIGHTS, keys, 0)
@@ -83,10 +82,10 @@ def predictions_shard(
     selection: Selection,
     class_names: Sequence[str],
     encoder: str,
-    source: AnswerSource | None,
+    answerer: Answerer | None,
     weighting: str,
     index: int,
 ) -> str:
-    """Without a source: the image-only baseline's predictions."""
-    keys = run_keys(selection, class_names, encoder, source, weighting)
+    """Without an answerer: the image-only baseline's predictions."""
+    keys = run_keys(selection, class_names, encoder, answerer, weighting)
     return shard_path(root, PREDICTIONS, keys, index)

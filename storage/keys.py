@@ -1,7 +1,7 @@
 """The cache keys: what each result depends on, turned into partition keys.
 
 A `Selection` fixes which rows of a dataset split a run covers and how they are sharded; an
-`AnswerSource` fixes which describer answered, with which prompts and generation settings.
+`Answerer` fixes which describer answered, with which prompts and generation settings.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class AnswerSource:
+class Answerer:
     """A describer with its generation settings. `settings` is everything its answers depend on
     (`backends.registry.describer_settings`: backend, model and revision, endpoint, dtype, every
     generation setting); `class_samples` sampled class descriptions per class and prompt;
@@ -142,12 +142,12 @@ def run_keys(
     selection: Selection,
     class_names: Sequence[str],
     encoder: str,
-    source: AnswerSource | None,
+    answerer: Answerer | None,
     weighting: str,
 ) -> dict[str, str]:
-    """The keys of one run (a `predictions` partition): data, class names, encoder, answer source,
-    weighting; without a source, the image-only baseline's."""
-    answers = source.run_keys() if source else IMAGE_ONLY_RUN
+    """The keys of one run (a `predictions` partition): data, class names, encoder, answerer,
+    weighting; without an answerer, the image-only baseline's."""
+    answers = answerer.run_keys() if answerer else IMAGE_ONLY_RUN
     classes = classes_key(class_names)
     return {**selection.keys(), "classes": classes, "encoder": encoder, **answers, "class_weights": weighting}
 

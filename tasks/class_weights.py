@@ -6,6 +6,8 @@ descriptions, so a second encoder reuses them. The formulas themselves live in `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 from prefect import task
@@ -22,7 +24,7 @@ from method.prompts import (
 )
 from storage.addresses import class_descriptions_shard, class_weights_shard
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
 from tasks.answers import Settle, answer_shard, describer_task
 from tasks.cache import ShardResult, cached_shard
@@ -33,21 +35,21 @@ from tasks.slots import MODEL_TAG, exclusive
 @stage("class weights")
 @describer_task("describe-classes")
 def describe_classes(
-    root: str, dataset: str, class_names: tuple[str, ...], source: AnswerSource
+    root: str, dataset: str, class_names: tuple[str, ...], answerer: Answerer
 ) -> ShardResult:
-    """`source.class_samples` sampled descriptions per class and prompt (CuPL-style), each seeded by
+    """`answerer.class_samples` sampled descriptions per class and prompt (CuPL-style), each seeded by
     its prompt and index, so a sample asked again after a failure is the one it would have been."""
     items = [
         (c, p, s)
         for c in range(len(class_names))
         for p in range(len(CLASS_DESCRIPTION_PROMPTS))
-        for s in range(source.class_samples)
+        for s in range(answerer.class_samples)
     ]
     prompts = [class_description_prompts(name) for name in class_names]
 
     def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
         asked = [items[i] for i in todo]
-        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
+        describer = load_describer(answerer.describer, answerer.max_new_tokens, answerer.settings)
         with exclusive(describer) as passes:
             answers = describer.describe_classes(
                 [prompts[c][p] for c, p, _ in asked],
@@ -75,12 +77,12 @@ def describe_classes(
         ]
         return pa.Table.from_pylist(table, schema=CLASS_DESCRIPTIONS.schema())
 
-    path = class_descriptions_shard(root, dataset, class_names, source)
-    return answer_shard(path, source.describer, ["class_index", "prompt_index", "sample"], items, ask, rows)
+    path = class_descriptions_shard(root, dataset, class_names, answerer)
+    return answer_shard(path, answerer.describer, ["class_index", "prompt_index", "sample"], items, ask, rows)
 
 
 def _class_texts(
-    root: str, dataset: str, class_names: tuple[str, ...], texts: str, source: AnswerSource | None
+    class_names: tuple[str, ...], texts: str, descriptions: ShardResult | None
 ) -> list[list[str]]:
     """Each class's texts of one kind (see `method.fusion.Weighting.texts`)."""
     if texts == "name":
@@ -89,10 +91,9 @@ def _class_texts(
         return [[SINGLE_TEMPLATE.format(c=c)] for c in class_names]
     if texts == "templates":
         return [clip_templates(c) for c in class_names]
-    if source is None:
+    if descriptions is None:
         raise ValueError("class descriptions need a describer")
-    shard = class_descriptions_shard(root, dataset, class_names, source)
-    table = read_table(shard, columns=["class_index", "text"])
+    table = read_table(descriptions.path, columns=["class_index", "text"])
     found: list[list[str]] = [[] for _ in class_names]
     for index, text in zip(*(table.column(c).to_pylist() for c in ("class_index", "text")), strict=True):
         if text:
@@ -123,28 +124,32 @@ def read_class_weights(path: str) -> np.ndarray:
     return column.values.to_numpy().reshape(len(column), -1)
 
 
-def ensure_class_weights(
+@stage("class weights")
+@task(cache_policy=NO_CACHE, name="class-weights", tags=[MODEL_TAG])
+def class_weights_task(
     root: str,
     dataset: str,
     class_names: tuple[str, ...],
     encoder_id: str,
     weighting: str,
-    source: AnswerSource | None,
+    answerer: Answerer | None,
+    descriptions: ShardResult | None = None,
+    parts: Sequence[ShardResult] = (),
 ) -> ShardResult:
-    """Compute (or find) one weighting; `sum` is built from the weightings it adds up."""
+    """Compute (or find) one weighting, from the class `descriptions` when it is made from them;
+    `sum` adds up its `parts`, the weightings `WEIGHTINGS[weighting].parts` in that order (their
+    own tasks spent their forward passes)."""
     recipe = WEIGHTINGS[weighting]
 
     def compute():
         if recipe.combine == "sum":
-            parts = [
-                ensure_class_weights(root, dataset, class_names, encoder_id, w, source) for w in recipe.parts
-            ]
+            if len(parts) != len(recipe.parts):
+                raise ValueError(f"{weighting} adds up {list(recipe.parts)}: pass their results")
             meta = [read_table(p.path, columns=["texts", "truncated"]) for p in parts]
             count = [np.sum([m.column(c).to_numpy() for m in meta], axis=0) for c in ("texts", "truncated")]
             weights = sum_weights([read_class_weights(p.path) for p in parts])
-            table = _weights_table(class_names, weights, count[0].tolist(), count[1].tolist())
-            return table, sum(p.forward_passes for p in parts)
-        per_class = _class_texts(root, dataset, class_names, recipe.texts, source)
+            return _weights_table(class_names, weights, count[0].tolist(), count[1].tolist()), 0
+        per_class = _class_texts(class_names, recipe.texts, descriptions)
         encoder = load_encoder(encoder_id)
         with exclusive(encoder) as passes:
             embedded = encoder.encode_texts([t for texts in per_class for t in texts])
@@ -155,11 +160,5 @@ def ensure_class_weights(
         weights = combine_texts(recipe, groups)
         return _weights_table(class_names, weights, [len(t) for t in per_class], cut), spent
 
-    path = class_weights_shard(root, dataset, class_names, encoder_id, weighting, source)
+    path = class_weights_shard(root, dataset, class_names, encoder_id, weighting, answerer)
     return cached_shard(path, compute)
-
-
-# The same function as a task of its own; `sum` calls the plain function for its three parts.
-class_weights_task = stage("class weights")(
-    task(cache_policy=NO_CACHE, name="class-weights", tags=[MODEL_TAG])(ensure_class_weights)
-)

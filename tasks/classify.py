@@ -1,6 +1,6 @@
 """Classify one shard: fuse every component subset and score it against one set of class weights.
 
-Without an answer source (no describer) only the image-only subset is scored: plain zero-shot.
+Without an answerer (no describer) only the image-only subset is scored: plain zero-shot.
 """
 
 from __future__ import annotations
@@ -11,16 +11,10 @@ from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
-from method.prompts import ANSWER_KINDS
-from storage.addresses import (
-    class_weights_shard,
-    image_embeddings_shard,
-    manifest_shard,
-    predictions_shard,
-    text_embeddings_shard,
-)
+from method.prompts import AnswerKind
+from storage.addresses import predictions_shard
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import PREDICTIONS
 from tasks.cache import ShardResult, cached_shard
 from tasks.class_weights import read_class_weights
@@ -39,22 +33,17 @@ def embeddings_or_nan(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return vectors
 
 
-def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSource | None) -> dict:
-    """The shard's normalised image, description and prediction vectors, NaN rows where missing
-    (the image vectors alone without a source)."""
-    sel = shard.selection
-    images = read_table(image_embeddings_shard(root, sel, encoder_id, shard.index))
-    components = {"image": normalize(embeddings_or_nan(images.column("embedding")))}
-    if source is None:
-        return components
-    order = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
-    for kind in ANSWER_KINDS:
-        texts = read_table(
-            text_embeddings_shard(root, sel, shard.class_names, encoder_id, source, kind, shard.index)
-        )
+def load_components(images: ShardResult, texts: dict[AnswerKind, ShardResult]) -> dict:
+    """The shard's normalised image vectors and those of each kind of answer in `texts`, NaN rows
+    where missing (the image vectors alone without an answerer)."""
+    table = read_table(images.path)
+    components = {"image": normalize(embeddings_or_nan(table.column("embedding")))}
+    order = {image_id: i for i, image_id in enumerate(table.column("image_id").to_pylist())}
+    for kind, embedded in texts.items():
+        answers = read_table(embedded.path)
         vectors = np.full_like(components["image"], np.nan)
-        vectors[[order[i] for i in texts.column("image_id").to_pylist()]] = normalize(
-            embeddings_or_nan(texts.column("embedding"))
+        vectors[[order[i] for i in answers.column("image_id").to_pylist()]] = normalize(
+            embeddings_or_nan(answers.column("embedding"))
         )
         components[kind] = vectors
     return components
@@ -63,24 +52,32 @@ def load_components(root: str, shard: Shard, encoder_id: str, source: AnswerSour
 @stage("classify")
 @task(cache_policy=NO_CACHE, name="classify")
 def classify_shard(
-    root: str, shard: Shard, encoder_id: str, source: AnswerSource | None, weighting: str
+    root: str,
+    shard: Shard,
+    encoder_id: str,
+    answerer: Answerer | None,
+    weighting: str,
+    manifest: ShardResult,
+    images: ShardResult,
+    weights: ShardResult,
+    texts: dict[AnswerKind, ShardResult],
 ) -> ShardResult:
-    sel = shard.selection
-    names = shard.class_names
-    path = predictions_shard(root, sel, names, encoder_id, source, weighting, shard.index)
+    """Score the shard's `images` and its answers' embeddings `texts` by kind (none without an answerer),
+    alone and fused, against the class `weights`; the labels come from its `manifest`."""
+    path = predictions_shard(
+        root, shard.selection, shard.class_names, encoder_id, answerer, weighting, shard.index
+    )
 
     def compute():
-        manifest = read_table(manifest_shard(root, sel, shard.index), columns=["image_id", "label"])
-        components = load_components(root, shard, encoder_id, source)
-        weights = read_class_weights(
-            class_weights_shard(root, sel.dataset, names, encoder_id, weighting, source)
-        )
+        rows = read_table(manifest.path, columns=["image_id", "label"])
+        components = load_components(images, texts)
+        class_weights = read_class_weights(weights.path)
         columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
-        for subset in component_subsets() if source else [("image",)]:
+        for subset in component_subsets() if answerer else [("image",)]:
             queries, valid = fuse(components, subset)
-            classes, scores = top_k(logits(np.nan_to_num(queries), weights), TOP)
-            columns["image_id"] += manifest.column("image_id").to_pylist()
-            columns["label"] += manifest.column("label").to_pylist()
+            classes, scores = top_k(logits(np.nan_to_num(queries), class_weights), TOP)
+            columns["image_id"] += rows.column("image_id").to_pylist()
+            columns["label"] += rows.column("label").to_pylist()
             columns["components"] += [subset_name(subset)] * len(valid)
             columns["top5"] += [c.tolist() if v else None for c, v in zip(classes, valid, strict=True)]
             columns["scores"] += [s.tolist() if v else None for s, v in zip(scores, valid, strict=True)]

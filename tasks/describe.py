@@ -13,12 +13,12 @@ import pyarrow as pa
 
 from backends.base import Answer
 from backends.registry import default_class_samples, describer_settings, load_describer
-from method.fusion import SHORTLIST_WEIGHTING, logits, normalize, shortlist
+from method.fusion import logits, normalize, shortlist
 from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
 from sources.images import decode_manifest
-from storage.addresses import answers_shard, class_weights_shard, image_embeddings_shard, manifest_shard
+from storage.addresses import answers_shard
 from storage.io import exists, read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import DESCRIPTIONS
 from tasks.answers import Settle, answer_shard, describer_task
 from tasks.cache import ShardResult
@@ -29,13 +29,13 @@ from tasks.progress import stage
 from tasks.slots import exclusive
 
 
-def answer_source(
+def answerer_for(
     describer: str, max_new_tokens: int, class_samples: int | None, shortlist: int | None
-) -> AnswerSource:
+) -> Answerer:
     """The cache identity of a describer's answers, found without loading it."""
     settings = json.dumps(describer_settings(describer, max_new_tokens), sort_keys=True)
     samples = class_samples or default_class_samples(describer)
-    return AnswerSource(describer, settings, max_new_tokens, samples, shortlist)
+    return Answerer(describer, settings, max_new_tokens, samples, shortlist)
 
 
 def answers_table(image_ids: list[str], answers: list[Answer], classes: list[list[int]] | None) -> pa.Table:
@@ -55,21 +55,22 @@ def answers_table(image_ids: list[str], answers: list[Answer], classes: list[lis
 
 
 def answer_images(
-    root: str, shard: Shard, source: AnswerSource, path: str, ask_describer, classes=None
+    manifest: ShardResult, answerer: Answerer, path: str, ask_describer, classes=None
 ) -> ShardResult:
-    """The shard of answers at `path`: decode the shard's images, let `ask_describer(describer,
-    image_indices, images)` answer the ones that decoded and are not answered yet, and record a
-    decode error for the others. `classes[i]` is what a shortlisted prompt listed for image i."""
-    manifest = read_table(manifest_shard(root, shard.selection, shard.index))
-    ids = manifest.column("image_id").to_pylist()
+    """The shard of answers at `path`: decode the images of the shard's `manifest`, let
+    `ask_describer(describer, image_indices, images)` answer the ones that decoded and are not
+    answered yet, and record a decode error for the others. `classes[i]` is what a shortlisted
+    prompt listed for image i."""
+    table = read_table(manifest.path)
+    ids = table.column("image_id").to_pylist()
 
     def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
-        images, errors = decode_manifest(manifest.take(todo))
+        images, errors = decode_manifest(table.take(todo))
         ok = [j for j, im in enumerate(images) if im is not None]
         answers = [Answer(None, error=e) for e in errors]
         if not ok:
             return answers, 0
-        describer = load_describer(source.describer, source.max_new_tokens, source.settings)
+        describer = load_describer(answerer.describer, answerer.max_new_tokens, answerer.settings)
         with exclusive(describer) as passes:
             got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
             spent = passes()
@@ -82,46 +83,53 @@ def answer_images(
         listed = [classes[i] for i in positions] if classes is not None else None
         return answers_table([ids[i] for i in positions], answers, listed)
 
-    return answer_shard(path, source.describer, ["image_id"], ids, ask, rows)
+    return answer_shard(path, answerer.describer, ["image_id"], ids, ask, rows)
 
 
 @stage("describe")
 @describer_task("describe")
-def describe_shard(root: str, shard: Shard, source: AnswerSource) -> ShardResult:
-    path = answers_shard(root, shard.selection, shard.class_names, source, "description", shard.index)
-    return answer_images(root, shard, source, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
+def describe_shard(root: str, shard: Shard, answerer: Answerer, manifest: ShardResult) -> ShardResult:
+    path = answers_shard(root, shard.selection, shard.class_names, answerer, "description", shard.index)
+    return answer_images(manifest, answerer, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
 
 
-def shortlisted_classes(root: str, shard: Shard, encoder_id: str, k: int) -> list[list[int]]:
-    sel = shard.selection
-    images = read_table(image_embeddings_shard(root, sel, encoder_id, shard.index))
-    weights = read_class_weights(
-        class_weights_shard(root, sel.dataset, shard.class_names, encoder_id, SHORTLIST_WEIGHTING, None)
-    )
-    scores = logits(np.nan_to_num(normalize(embeddings_or_nan(images.column("embedding")))), weights)
+def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> list[list[int]]:
+    """Each image's top `k` classes by its image embedding (`images`) against the class weights that
+    rank them (`ranking`)."""
+    embeddings = read_table(images.path).column("embedding")
+    scores = logits(np.nan_to_num(normalize(embeddings_or_nan(embeddings))), read_class_weights(ranking.path))
     return shortlist(scores, k)
 
 
 @stage("describe")
 @describer_task("predict")
 def predict_shard(
-    root: str, shard: Shard, source: AnswerSource, encoder_id: str | None = None
+    root: str,
+    shard: Shard,
+    answerer: Answerer,
+    manifest: ShardResult,
+    encoder_id: str | None = None,
+    images: ShardResult | None = None,
+    ranking: ShardResult | None = None,
 ) -> ShardResult:
-    """`encoder_id` ranks the shortlist; it is unused (and may be None) without one."""
+    """A shortlist is ranked by the encoder `encoder_id`: its embeddings of the shard's `images`
+    against its class weights `ranking` (`SHORTLIST_WEIGHTING`); all three are unused (and may be
+    None) without one."""
     names = shard.class_names
-    path = answers_shard(root, shard.selection, names, source, "prediction", shard.index, encoder_id)
+    path = answers_shard(root, shard.selection, names, answerer, "prediction", shard.index, encoder_id)
     if exists(path):
         return ShardResult(path, computed=False)
-    if source.shortlist and encoder_id is None:
-        raise ValueError("a shortlist is ranked by an encoder's image embeddings: pass its id")
-    listed = (
-        shortlisted_classes(root, shard, encoder_id, source.shortlist)
-        if source.shortlist and encoder_id is not None
-        else [list(range(len(names)))] * len(shard.rows)
-    )
+    if not answerer.shortlist:
+        listed = [list(range(len(names)))] * len(shard.rows)
+    elif encoder_id is None or images is None or ranking is None:
+        raise ValueError(
+            "a shortlist is ranked by an encoder's image embeddings and class weights: pass them"
+        )
+    else:
+        listed = shortlisted_classes(images, ranking, answerer.shortlist)
 
     def guess(describer, indices, images):
         class_lists = [[names[c] for c in listed[i]] for i in indices]
         return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
 
-    return answer_images(root, shard, source, path, guess, listed if source.shortlist else None)
+    return answer_images(manifest, answerer, path, guess, listed if answerer.shortlist else None)

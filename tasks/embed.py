@@ -10,9 +10,9 @@ from prefect.cache_policies import NONE as NO_CACHE
 from backends.registry import load_encoder
 from method.prompts import AnswerKind
 from sources.images import decode_manifest
-from storage.addresses import answers_shard, image_embeddings_shard, manifest_shard, text_embeddings_shard
+from storage.addresses import image_embeddings_shard, text_embeddings_shard
 from storage.io import read_table
-from storage.keys import AnswerSource
+from storage.keys import Answerer
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
 from tasks.cache import ShardResult, cached_shard
 from tasks.plan import Shard
@@ -31,13 +31,13 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
 
 @stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-images", tags=[MODEL_TAG])
-def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
-    sel = shard.selection
-    path = image_embeddings_shard(root, sel, encoder_id, shard.index)
+def embed_images_shard(root: str, shard: Shard, encoder_id: str, manifest: ShardResult) -> ShardResult:
+    """Embed the images of the shard's `manifest` (ingest's result)."""
+    path = image_embeddings_shard(root, shard.selection, encoder_id, shard.index)
 
     def compute():
-        manifest = read_table(manifest_shard(root, sel, shard.index))
-        images, errors = decode_manifest(manifest)
+        rows = read_table(manifest.path)
+        images, errors = decode_manifest(rows)
         encoder = load_encoder(encoder_id)
         present = [im is not None for im in images]
         pixels = [im for im in images if im is not None]
@@ -48,7 +48,7 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
             spent = passes()
         table = pa.table(
             {
-                "image_id": manifest.column("image_id"),
+                "image_id": rows.column("image_id"),
                 "embedding": embedding_column(vectors, present, encoder.dim),
                 "error": pa.array(errors, pa.string()),
             },
@@ -62,18 +62,15 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str) -> ShardResult:
 @stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-texts", tags=[MODEL_TAG])
 def embed_texts_shard(
-    root: str, shard: Shard, encoder_id: str, source: AnswerSource, kind: AnswerKind
+    root: str, shard: Shard, encoder_id: str, answerer: Answerer, kind: AnswerKind, asked: ShardResult
 ) -> ShardResult:
-    """Embed one kind of answer ('description' or 'prediction') of one shard."""
-    sel = shard.selection
-    names = shard.class_names
-    path = text_embeddings_shard(root, sel, names, encoder_id, source, kind, shard.index)
+    """Embed one kind of answer ('description' or 'prediction') of one shard: the answers `asked`."""
+    path = text_embeddings_shard(
+        root, shard.selection, shard.class_names, encoder_id, answerer, kind, shard.index
+    )
 
     def compute():
-        answers = read_table(
-            answers_shard(root, sel, names, source, kind, shard.index, encoder_id),
-            columns=["image_id", "text"],
-        )
+        answers = read_table(asked.path, columns=["image_id", "text"])
         texts = answers.column("text").to_pylist()
         present = [t is not None for t in texts]
         encoder = load_encoder(encoder_id)

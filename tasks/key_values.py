@@ -1,7 +1,7 @@
 """Record what every partition value of a run stands for, so that the `keys` view can map slugs and
 hashes in the tables back to model ids, dataset locations, prompt texts and generation settings.
 
-Generic on purpose: whatever keys `Selection` and `AnswerSource` return are recorded, and a hash made
+Generic on purpose: whatever keys `Selection` and `Answerer` return are recorded, and a hash made
 by `method.prompts.content_hash` is recorded with the JSON it was made from, so a new cache key
 needs nothing here.
 """
@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from method.prompts import hashed_value
 from storage.io import write_table
-from storage.keys import AnswerSource, Selection, classes_key
+from storage.keys import Answerer, Selection, classes_key
 from storage.paths import NONE, partition_dir, partition_value, split_dataset_spec
 from storage.schemas import KEY_VALUES
 
@@ -44,7 +44,7 @@ def key_rows(
     selections: Sequence[Selection],
     class_names: Sequence[Sequence[str]],
     encoders: Sequence[str],
-    sources: Sequence[AnswerSource],
+    answerers: Sequence[Answerer],
     weightings: Sequence[str],
 ) -> list[dict[str, str | None]]:
     """One row per distinct (key, value) a run with these parameters files results under;
@@ -53,7 +53,7 @@ def key_rows(
     groups += [({"classes": classes_key(names)}, None) for names in class_names]
     groups += [({"encoder": e}, None) for e in encoders]
     groups += [({"class_weights": w}, None) for w in weightings]
-    for src in sources:
+    for src in answerers:
         groups += [(src.class_keys(), None), (src.run_keys(), None)]
         for names in class_names:
             groups += [(src.answer_keys("description", names), None)]
@@ -90,7 +90,7 @@ def record_keys(
     selections: Sequence[Selection],
     class_names: Sequence[Sequence[str]],
     encoders: Sequence[str],
-    sources: Sequence[AnswerSource],
+    answerers: Sequence[Answerer],
     weightings: Sequence[str],
 ) -> str:
-    return write_key_rows(root, key_rows(selections, class_names, encoders, sources, weightings))
+    return write_key_rows(root, key_rows(selections, class_names, encoders, answerers, weightings))

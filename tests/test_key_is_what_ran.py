@@ -18,7 +18,8 @@ from fakes.chat_server import FakeChatServer, serving
 from storage.addresses import answers_shard
 from storage.io import exists
 from storage.keys import Selection
-from tasks.describe import answer_source, describe_shard
+from tasks.cache import ShardResult
+from tasks.describe import answerer_for, describe_shard
 from tasks.ingest import ingest_shard
 from tasks.plan import Shard
 
@@ -27,11 +28,10 @@ model_dir, on_cpu = hf_failures.model_dir, hf_failures.on_cpu  # the tiny VLM; o
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def a_shard(root: str) -> Shard:
-    """The first four images of CIFAR-10 `dev` (shipped with the code), ingested."""
+def a_shard(root: str) -> tuple[Shard, ShardResult]:
+    """The first four images of CIFAR-10 `dev` (shipped with the code), ingested: it and its manifest."""
     shard = Shard(Selection("cifar10", "dev", 4, None, 4), 0, (0, 1, 2, 3), NAMES)
-    ingest_shard.fn(root, shard)
-    return shard
+    return shard, ingest_shard.fn(root, shard)
 
 
 def two_revisions(model_dir: Path, home: Path, repo: str, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -66,10 +66,10 @@ def test_a_revision_that_changes_on_disk_is_seen(model_dir: Path, tmp_path: Path
 def test_hf_worker_loads_the_keys_revision(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """The worker answers at the revision the flow resolved, whatever its own cache says now."""
     main = two_revisions(model_dir, tmp_path, "tiny-org/pinned-by-key", monkeypatch)
-    source = answer_source("hf:tiny-org/pinned-by-key", 4, 1, None)
+    answerer = answerer_for("hf:tiny-org/pinned-by-key", 4, 1, None)
     main.write_text(NEWER)  # the model changed on disk after the flow resolved it
 
-    describer = registry.load_describer(source.describer, 4, source.settings)
+    describer = registry.load_describer(answerer.describer, 4, answerer.settings)
 
     assert describer.settings()["revision"] == REVISION
 
@@ -77,28 +77,28 @@ def test_hf_worker_loads_the_keys_revision(model_dir: Path, tmp_path: Path, monk
 def test_hf_worker_with_another_dtype_stores_nothing(model_dir: Path, tmp_path: Path) -> None:
     """A GPU flow host keys bf16 answers; this CPU worker would answer in float32: it refuses."""
     root = str(tmp_path)
-    shard = a_shard(root)
-    source = answer_source(f"hf:{model_dir}", 4, 1, None)
-    on_gpu = json.dumps({**json.loads(source.settings), "dtype": "bfloat16"}, sort_keys=True)
-    source = type(source)(source.describer, on_gpu, 4, 1, None)
+    shard, manifest = a_shard(root)
+    answerer = answerer_for(f"hf:{model_dir}", 4, 1, None)
+    on_gpu = json.dumps({**json.loads(answerer.settings), "dtype": "bfloat16"}, sort_keys=True)
+    answerer = type(answerer)(answerer.describer, on_gpu, 4, 1, None)
 
-    message = refused(lambda: describe_shard.fn(root, shard, source))
+    message = refused(lambda: describe_shard.fn(root, shard, answerer, manifest))
 
     assert "dtype" in message and "bfloat16" in message and "float32" in message
-    assert not exists(answers_shard(root, shard.selection, NAMES, source, "description", 0))
+    assert not exists(answers_shard(root, shard.selection, NAMES, answerer, "description", 0))
 
 
 def test_openai_worker_with_another_endpoint_stores_nothing(tmp_path: Path, monkeypatch) -> None:
     """The flow's machine keyed the answers on one endpoint; a worker whose OPENAI_BASE_URL names
     another refuses before sending a request."""
     root = str(tmp_path)
-    shard = a_shard(root)
+    shard, manifest = a_shard(root)
     with serving(monkeypatch) as keyed:
-        source = answer_source("openai:test-vlm-endpoint", 8, 1, None)
+        answerer = answerer_for("openai:test-vlm-endpoint", 8, 1, None)
         with serving(monkeypatch) as other:
             assert isinstance(other, FakeChatServer) and other.base_url != keyed.base_url
 
-            message = refused(lambda: describe_shard.fn(root, shard, source))
+            message = refused(lambda: describe_shard.fn(root, shard, answerer, manifest))
 
             assert "endpoint" in message and not other.requests and not keyed.requests
-    assert not exists(answers_shard(root, shard.selection, NAMES, source, "description", 0))
+    assert not exists(answers_shard(root, shard.selection, NAMES, answerer, "description", 0))

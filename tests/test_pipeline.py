@@ -272,6 +272,25 @@ def test_image_only_run_reuses_image_embeddings_and_matches_the_image_subset(fir
         )
 
 
+def test_a_sum_alone_has_its_parts_computed_by_their_own_tasks(first_run, tmp_path):
+    """Asked for `sum` only, the run still computes the weightings it adds up (each a task whose
+    result the sum receives) and scores exactly as the run that asked for all of them."""
+    _, result = first_run
+    alone = run(tmp_path, class_weights=["sum"])
+    assert alone["shards_computed"] == len(shards(tmp_path))  # each shard written is one task's result
+    weights = [p for p in shards(tmp_path) if p.startswith("class_weights/")]
+    assert sorted(p.split("class_weights=")[1].split("/")[0] for p in weights) == [
+        "descriptions",
+        "name",
+        "sum",
+        "template",
+    ]
+    score = {(r["components"], r["top1"], r["top5"]) for r in alone["metrics"]}
+    assert score == {
+        (r["components"], r["top1"], r["top5"]) for r in result["metrics"] if r["class_weights"] == "sum"
+    }
+
+
 def test_renaming_a_class_recomputes_what_the_names_go_into(prefect_server, tmp_path):
     """A user's Parquet dataset whose `classes.json` renames a class (the same images): class
     descriptions, class weights, initial-prediction answers (their prompt lists the names), their
