@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from core import settings
 from core.errors import BadDataset, DatasetNotFound
+from core.guard import causes
 from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
 from sources.imagefolder import open_imagefolder
@@ -242,7 +243,7 @@ def copy_layout(location: str, names: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
-def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
+def open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
     found = copy_layout(location, names)
     if found is None:
         return None
@@ -252,7 +253,7 @@ def _open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> Dataset
     return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
 
 
-def _local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
+def local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
     """(location, explicit) of each local copy that exists, in order of preference."""
     copies = []
     explicit = settings.DATASET_DIR.named(bench.env_prefix).text()
@@ -278,27 +279,22 @@ def hub_source(bench: Benchmark) -> str | None:
 
 def gated_hint(exc: BaseException, location: str) -> str | None:
     """The one thing to do when the hub refused a file because the repository is gated."""
-    current: BaseException | None = exc
-    while current is not None:
-        if type(current).__name__ == "GatedRepoError":
-            repo = re.sub(r"^hf://datasets/([^/@]+/[^/@]+).*$", r"\1", location)
-            return (
-                f"{location} is gated: accept its terms at https://huggingface.co/datasets/{repo} and set "
-                "HF_TOKEN to a token of that account"
-            )
-        current = current.__cause__ or current.__context__
-    return None
+    if not any(type(cause).__name__ == "GatedRepoError" for cause in causes(exc)):
+        return None
+    repo = re.sub(r"^hf://datasets/([^/@]+/[^/@]+).*$", r"\1", location)
+    return (
+        f"{location} is gated: accept its terms at https://huggingface.co/datasets/{repo} and set "
+        "HF_TOKEN to a token of that account"
+    )
 
 
 def _open_hub(bench: Benchmark, spec: str, split: str) -> DatasetSource:
     layout, location, _ = split_dataset_spec(spec)
-    if layout == "wds":
-        return open_wds(bench.name, location, split, class_names=bench.class_names)
-    if layout == "parquet":
-        return open_parquet(bench.name, location, split, class_names=bench.class_names)
+    if layout in LAYOUTS:
+        return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
     if spec.startswith("torchvision:"):
         return open_archive(bench.name, spec.partition(":")[2], split)
-    source = _open_copy(bench, location, (split,))
+    source = open_copy(bench, location, (split,))
     if source is None:
         raise DatasetNotFound(f"no split {split!r} as Parquet, WebDataset or ImageFolder")
     return source
@@ -311,8 +307,8 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
     evaluation = bench.evaluation_split_names(split)
     names = evaluation or (split,)
     source, where = None, ""
-    for location, explicit in _local_copies(bench):
-        source, where = _open_copy(bench, location, names), location
+    for location, explicit in local_copies(bench):
+        source, where = open_copy(bench, location, names), location
         if source is None and explicit:
             raise DatasetNotFound(
                 f"{bench.env_prefix}_DIR={location} has no split {split!r} (looked for {list(names)} "

@@ -28,10 +28,10 @@ from sources.benchmarks import (
     BENCHMARKS_BY_NAME,
     PAPER_BENCHMARKS,
     Benchmark,
-    _local_copies,
-    _open_copy,
     copy_layout,
     hub_source,
+    local_copies,
+    open_copy,
 )
 from sources.parquet import split_files
 from sources.wds import CLASSNAMES, TEMPLATES, split_shards
@@ -51,7 +51,7 @@ class Whereabouts:
 def whereabouts(bench: Benchmark) -> Whereabouts:
     """Where a run would read the evaluation split now (without asking the network)."""
     names = bench.evaluation_split_names(bench.split) or (bench.split,)
-    for location, _ in _local_copies(bench):
+    for location, _ in local_copies(bench):
         found = copy_layout(location, names)
         if found:
             return Whereabouts("local copy", f"{location} ({found[0]}, {found[1]})", True)
@@ -135,7 +135,7 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
         return verified(bench, source.num_rows, archive_root(bench.name, data_dir), log)
     names = bench.evaluation_split_names(bench.split) or ()
     if target.exists() and copy_layout(str(target), names):
-        copy = _open_copy(bench, str(target), names)
+        copy = open_copy(bench, str(target), names)
         return verified(bench, copy.num_rows if copy else 0, target, log)
     staging = data_dir / f".{bench.name}.fetching"
     fs, root, files = source_files(bench, spec)
@@ -144,7 +144,7 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
     for index, path in enumerate(files, 1):
         total += download(fs, path, staging / path[len(root) + 1 :], log)
         log(f"  [{index}/{len(files)}] {path[len(root) + 1 :]} ({total / 1e6:,.1f} MB so far)")
-    copy = _open_copy(bench, str(staging), (bench.hub_split,))
+    copy = open_copy(bench, str(staging), (bench.hub_split,))
     verified(bench, copy.num_rows if copy else 0, staging, log)
     staging.rename(target)
     return target
