@@ -1,5 +1,5 @@
 """Every setting read from the environment, declared once (name, type, default, help), and the only
-reader of the environment in the product code: README's settings table is made from these
+reader of the environment in the product code: docs/settings.md's table is made from these
 declarations (`python -m core.settings --markdown`; tests/test_settings.py keeps them equal).
 
 Also the offline-friendly Prefect defaults, in one place, for every way a run starts: the `wdys`
@@ -76,7 +76,7 @@ def _declare(name: str, kind: str, default: str | None, help_text: str) -> Setti
     return setting
 
 
-SETTINGS: list[Setting] = []  # in the order of README's table
+SETTINGS: list[Setting] = []  # in the order of docs/settings.md's table
 
 # Where results and data live.
 ROOT = _declare(
@@ -266,7 +266,7 @@ def shell_assignments(defaults: dict[str, str]) -> str:
 
 
 def markdown_table() -> str:
-    """README's settings table."""
+    """docs/settings.md's table."""
     lines = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
     for s in SETTINGS:
         default = f"`{s.default}`" if s.default is not None else "unset"

@@ -1,5 +1,5 @@
 """Settings: every environment variable the product reads is declared once in core/settings.py,
-which is the only module that reads the environment; README's table is made from the declarations;
+which is the only module that reads the environment; docs/settings.md's table is made from the declarations;
 the Makefile exports the same offline defaults as the command line."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ def product_files() -> list[Path]:
     return [p for package in PRODUCT for p in sorted((REPO / package).rglob("*.py"))]
 
 
-def test_readme_settings_table_is_the_declarations():
-    readme = (REPO / "README.md").read_text()
-    table = re.search(r"<!-- settings: .*? -->\n(.*?)\n<!-- end of settings -->", readme, re.S)
-    assert table, "README has no generated settings table"
-    assert table.group(1) == settings.markdown_table(), "run `python -m core.settings --markdown`"
+def test_the_settings_page_is_the_declarations():
+    page = (REPO / "docs" / "settings.md").read_text()
+    table = re.search(r"<!-- settings: .*? -->\n(.*?)\n<!-- end of settings -->", page, re.S)
+    assert table, "docs/settings.md has no generated settings table"
+    assert table.group(1) == settings.markdown_table(), "paste `python -m core.settings --markdown` into docs/settings.md"
 
 
 def test_only_the_settings_module_reads_the_environment():
