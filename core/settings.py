@@ -184,6 +184,41 @@ OPENAI_EXTRA_BODY = _declare(
     " the cache key, so no secrets",
 )
 
+# A describer whose server the run starts (`vllm:`).
+VLLM = _declare(
+    "WDYS_VLLM",
+    "path",
+    None,
+    "the `vllm` executable of `vllm:` describers (another venv, a container wrapper); default"
+    " `.venv-vllm/bin/vllm` in the checkout (`make vllm`)",
+)
+VLLM_ARGS = _declare(
+    "WDYS_VLLM_ARGS",
+    "flags",
+    None,
+    "more `vllm serve` flags, e.g. `--dtype bfloat16 --max-model-len 8192 --seed 0`; those that change"
+    " answers (dtype, quantization, context length, seed, images per prompt, ...) join the cache key",
+)
+VLLM_GPU_SHARE = _declare(
+    "WDYS_VLLM_GPU_SHARE",
+    "fraction",
+    "0.75",
+    "the GPU memory share of a `vllm:` server (`--gpu-memory-utilization`); the rest is left for the run's"
+    " CLIP encoder",
+)
+VLLM_START_TIMEOUT_S = _declare(
+    "WDYS_VLLM_START_TIMEOUT_S",
+    "seconds",
+    "1800",
+    "how long a `vllm:` server may take to answer (weights download and load) before the run fails",
+)
+VLLM_LOG_DIR = _declare(
+    "WDYS_VLLM_LOG_DIR",
+    "path",
+    None,
+    "where each `vllm:` server's log is written; default `wdys-vllm` in the temporary folder",
+)
+
 # Hugging Face's own, read where the code must know them before huggingface_hub does.
 HF_HUB_OFFLINE = _declare("HF_HUB_OFFLINE", "flag", None, "`1`: models load from the Hugging Face cache only")
 HF_HUB_CACHE = _declare("HF_HUB_CACHE", "path", None, "the Hugging Face cache; default `$HF_HOME/hub`")
