@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from vllm_support import FAKE, alive, started, use_fake_vllm
 
 from backends import registry, vllm_server
 from backends.base import DescriberUnavailable
@@ -18,35 +18,10 @@ from backends.vllm_describer import VLLMDescriber
 from core.errors import UserError
 from core.guard import guarded
 
-REPO = Path(__file__).resolve().parents[1]
-FAKE = REPO / "fakes" / "vllm"
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split(") ")[-1][:1] != "Z"
-
 
 @pytest.fixture
 def fake_vllm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """WDYS_VLLM at the stand-in (run by this interpreter), its log and start records in tmp_path."""
-    monkeypatch.setenv("WDYS_VLLM", str(FAKE))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("WDYS_VLLM_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setenv("FAKE_VLLM_RECORD", str(tmp_path / "started.jsonl"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("WDYS_VLLM_ARGS", raising=False)
-    yield tmp_path / "started.jsonl"
-    vllm_server.stop_all()
-
-
-def started(record: Path) -> list[dict]:
-    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    yield from use_fake_vllm(monkeypatch, tmp_path)
 
 
 def test_key_holds_the_vllm_version_and_answer_changing_flags(fake_vllm, monkeypatch):
