@@ -58,6 +58,23 @@ def executable() -> str:
     return str(path)
 
 
+def available() -> bool:
+    """Whether this machine has a vLLM for `vllm:` describers ($WDYS_VLLM or `.venv-vllm`)."""
+    try:
+        executable()
+    except VLLMMissing:
+        return False
+    return True
+
+
+def open_vlm(model_id: str) -> str:
+    """`hf:X` as `vllm:X` where this machine has vLLM (the faster engine for a whole benchmark),
+    unchanged elsewhere and for every other scheme: what the paper deployments and `watch-models`
+    run an open VLM with."""
+    scheme, _, spec = model_id.partition(":")
+    return f"vllm:{spec}" if scheme == "hf" and available() else model_id
+
+
 @cache
 def _version_of(exe: str, mtime: float) -> str:
     try:
