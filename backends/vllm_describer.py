@@ -22,7 +22,7 @@ from backends.base import Answer, DescriberUnavailable
 from backends.inflight import BudgetedHttpClient, budget_for
 from backends.openai_describer import OpenAIDescriber, _token_param
 from backends.openai_describer import settings_for as openai_settings
-from core.settings import OPENAI_CONCURRENCY, OPENAI_MAX_RETRIES, OPENAI_TIMEOUT_S
+from core.settings import OPENAI_CONCURRENCY, OPENAI_MAX_RETRIES, OPENAI_TIMEOUT_S, VLLM_BATCH_INVARIANT
 from method.prompts import MAX_NEW_TOKENS
 
 ENDPOINT = "vllm-managed"  # no URL: the run's own server, whatever its port
@@ -61,6 +61,7 @@ def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
         "revision": revision,
         "vllm_version": vllm_server.version(),
         "server_flags": vllm_server.output_flags(vllm_server.extra_args()),
+        "batch_invariant": VLLM_BATCH_INVARIANT.flag(),
     }
 
 

@@ -222,6 +222,23 @@ def _log_path(model: str, port: int) -> Path:
     return folder / f"{name}-{os.getpid()}-{port}.log"
 
 
+def _device_env() -> dict[str, str]:
+    """The environment of a server on the device the run's model tasks use (`pick_device`), with
+    the `hf:` VLMs resident there released first: the GPU is shared on purpose, not overcommitted."""
+    from backends import hf_resident
+    from backends.device import pick_device
+
+    device = pick_device()
+    for describer in hf_resident.resident_on(str(device)):
+        describer.release()
+    changes = {}
+    if device.type == "cuda" and device.index is not None:
+        visible = [v for v in settings.CUDA_VISIBLE_DEVICES.text().split(",") if v.strip()]
+        index = device.index
+        changes[settings.CUDA_VISIBLE_DEVICES.name] = visible[index] if index < len(visible) else str(index)
+    return settings.child_environment(changes)  # the run's watchdog token included (core/lifeline.py)
+
+
 def _start(model: str, revision: str | None) -> Server:
     exe, port = executable(), _free_port()
     share = settings.VLLM_GPU_SHARE.number()
@@ -231,7 +248,12 @@ def _start(model: str, revision: str | None) -> Server:
     log = _log_path(model, port)
     with log.open("w") as out:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=_device_env(),
         )
     server = Server(model, port, log, process)
     try:

@@ -212,6 +212,13 @@ VLLM_START_TIMEOUT_S = _declare(
     "1800",
     "how long a `vllm:` server may take to answer (weights download and load) before the run fails",
 )
+VLLM_BATCH_INVARIANT = _declare(
+    "VLLM_BATCH_INVARIANT",
+    "flag",
+    None,
+    "vLLM's own: `1` makes a `vllm:` server's answers independent of how requests are batched (slower;"
+    " docs/protocol.md); part of the cache key",
+)
 VLLM_LOG_DIR = _declare(
     "WDYS_VLLM_LOG_DIR",
     "path",
@@ -287,6 +294,12 @@ LOCAL = OFFLINE | {
 # A command-line run (`wdys`, `python -m flows.benchmark`): also hides the temporary server's
 # spurious errors when it shuts down.
 COMMAND_LINE = LOCAL | {"PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL"}
+
+
+def child_environment(changes: dict[str, str]) -> dict[str, str]:
+    """This process's environment with `changes`: for a child process (a `vllm serve`) that must
+    inherit everything, the run's watchdog token included, and see a few values of its own."""
+    return {**os.environ, **changes}
 
 
 def apply_defaults(defaults: dict[str, str]) -> None:

@@ -39,6 +39,8 @@ def test_key_holds_the_vllm_version_and_answer_changing_flags(fake_vllm, monkeyp
     assert flagged["server_flags"] == {"dtype": "float16", "seed": "3", "enforce-eager": "true"}
     monkeypatch.setenv("WDYS_VLLM_ARGS", "--dtype float16 --max-num-seqs 8 --seed=3 --enforce-eager")
     assert registry.describer_settings("vllm:org/model-a") == flagged  # scheduling only: same key
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "1")
+    assert registry.describer_settings("vllm:org/model-a")["batch_invariant"] is True
     assert started(fake_vllm) == []  # the key costs no server
 
 
@@ -128,3 +130,22 @@ def test_the_paper_setup_uses_vllm_where_this_machine_has_it(fake_vllm, monkeypa
     parameters, about = paper_setup()
     assert parameters["describers"] == PAPER["describers"] == ["hf:Qwen/Qwen2-VL-7B-Instruct"]
     assert "`hf:`" in about and "make vllm" in about
+
+
+def test_a_resident_hf_model_is_released_before_a_server_starts_on_its_device(fake_vllm, monkeypatch):
+    from backends import hf_resident
+
+    class Resident:  # the residency protocol of an `hf:` describer, without a model to load
+        device, resident = "cpu", True
+
+        def release(self) -> None:
+            self.resident = False
+
+    monkeypatch.setenv("WDYS_DEVICE", "cpu")
+    vlm = Resident()
+    hf_resident.loaded(vlm)
+    try:
+        VLLMDescriber.load("org/model-e").describe([Image.new("RGB", (9, 9))], "what?")
+        assert not vlm.resident and hf_resident.resident_on("cpu") == []
+    finally:
+        hf_resident._loaded.remove(vlm)
