@@ -31,6 +31,7 @@ from backends.registry import computes_locally
 from core.errors import UserError
 from storage.io import exists, read_table, remove, write_table
 from storage.paths import PENDING_ITEMS, pending_path
+from storage.reuse import ID, reusable_rows
 from tasks.cache import ShardResult, publish
 from tasks.slots import MODEL_TAG
 
@@ -194,6 +195,11 @@ def answer_shard(
         columns = [earlier.column(c).to_pylist() for c in key_columns]
         answered = {k if len(key_columns) > 1 else k[0] for k in zip(*columns, strict=True)}
     answered_before = earlier is not None and earlier.column("text").null_count < earlier.num_rows
+    if list(key_columns) == [ID]:  # answered under another selection of the split: taken as stored
+        reused = reusable_rows(path, [k for k in keys if k not in answered])  # type: ignore[misc]
+        if reused is not None:
+            earlier = pa.concat_tables([t.cast(reused.schema) for t in (earlier, reused) if t is not None])
+            answered |= set(reused.column(ID).to_pylist())
 
     held: list[tuple[int, Answer]] = []  # the answers of a try that failed from some point on
 
