@@ -29,9 +29,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.transforms import v2 as T
 
 from backends.base import Answer, TextEmbeddings
-from method.prompts import MAX_NEW_TOKENS, class_description_prompts
+from backends.offline_spec import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS, TOP_K, settings_for
+from method.prompts import class_description_prompts
 
-TOP_K = 10
 _REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
 # channels_last and batches of 16 made Lite0's CPU forward 2.2x faster than contiguous batches of
 # 64 on 2 cores (docs/BENCHMARKS.md, `python -m benchmarks.bench --only offline`).
@@ -263,23 +263,6 @@ class LabelDescriber:
             a, b = (IMAGENET_CLASSNAMES[i] for i in ranked[c][2 * sample : 2 * sample + 2])
             out.append(Answer(frame.format(c=c, a=a, b=b)))
         return out
-
-
-# name -> the EfficientNet-Lite variant behind it; the second entries exist so that changing the
-# encoder or the describer can be exercised offline.
-OFFLINE_ENCODERS = {"conse-lite0-minilm": "lite0", "conse-lite2-minilm": "lite2"}
-OFFLINE_DESCRIBERS = {"lite2-labels": "lite2", "lite0-labels": "lite0"}
-
-
-def settings_for(spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, object]:
-    """What the stand-in's answers depend on (it generates no tokens: `max_new_tokens` is moot)."""
-    return {
-        "backend": "offline",
-        "model": spec,
-        "weights": OFFLINE_DESCRIBERS[spec],
-        "top_labels": 3,
-        "conse_k": TOP_K,
-    }
 
 
 def _label_embeddings(text: MiniLM) -> np.ndarray:

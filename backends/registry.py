@@ -40,7 +40,7 @@ def _validate(model_id: str, role: str, schemes: tuple[str, ...]) -> tuple[str, 
     if scheme not in schemes:
         raise BadParameter(f"unknown {role} scheme {scheme!r} in {model_id!r}; known: {schemes}")
     if scheme == "offline":
-        from backends.offline import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS
+        from backends.offline_spec import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS
 
         known = OFFLINE_ENCODERS if role == "encoder" else OFFLINE_DESCRIBERS
         if spec not in known:
@@ -142,7 +142,7 @@ def describer_settings(model_id: str, max_new_tokens: int = MAX_NEW_TOKENS) -> d
         from backends.openai_describer import settings_for as openai_settings
 
         return openai_settings(spec, max_new_tokens)
-    from backends.offline import settings_for as offline_settings
+    from backends.offline_spec import settings_for as offline_settings
 
     return offline_settings(spec, max_new_tokens)
 

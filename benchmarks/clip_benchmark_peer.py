@@ -126,7 +126,7 @@ def _templates_file() -> list[str]:
 
     clip_benchmark strips each line and calls `line.format(c=name)`; ours call open_clip's lambdas.
     """
-    from method.prompts import OPENAI_IMAGENET_TEMPLATES
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
 

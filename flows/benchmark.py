@@ -35,7 +35,7 @@ from backends.registry import encoder_identity, validate_describer_id, validate_
 from core.errors import BadParameter, UserError
 from flows import stages
 from flows.cli import add_flow_parameters, argument
-from flows.cluster import check_cluster, dask_task_runner
+from flows.cluster import DaskFromSettings, check_cluster
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
 from storage.keys import Answerer, Selection
 from storage.paths import resolve_root
@@ -106,6 +106,15 @@ def task_threads() -> int:
     return threads
 
 
+class ThreadsFromSettings(ThreadPoolTaskRunner):
+    """The flow's thread pool, sized when a run starts: Prefect enters a `duplicate()` of the flow's
+    task runner for each run, so $WDYS_TASK_THREADS is read then, not when this module is imported
+    (a bad value is then the one-line error, and a long-lived worker sees a changed one)."""
+
+    def duplicate(self) -> ThreadPoolTaskRunner:
+        return ThreadPoolTaskRunner(max_workers=task_threads())
+
+
 # Typed parameters: Prefect turns them into the deployment's JSON schema, so the server refuses a
 # wrong value before a run starts.
 ClassWeighting = Literal[CLASS_WEIGHTINGS]  # type: ignore[valid-type]
@@ -113,7 +122,7 @@ Positive = Annotated[int, Field(ge=1)]
 Names = Annotated[list[str], Field(min_length=1)]
 
 
-@flow(name="benchmark", task_runner=ThreadPoolTaskRunner(max_workers=task_threads()))
+@flow(name="benchmark", task_runner=ThreadsFromSettings())
 def benchmark(
     datasets: Names = ["cifar10"],  # noqa: B006 - Prefect parameters need literal defaults
     splits: Names = ["dev"],  # noqa: B006
@@ -225,7 +234,7 @@ def check_shortlist(shortlist: int | None, plans: list[ShardPlan]) -> None:
 
 
 # The same flow with its shard tasks on Dask (deployments pick it by entrypoint).
-benchmark_on_dask = benchmark.with_options(task_runner=dask_task_runner())
+benchmark_on_dask = benchmark.with_options(task_runner=DaskFromSettings())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         resolve_root(args["root"])
     except ValueError as exc:
         parser.error(str(exc))
-    (benchmark_on_dask if args.pop("dask") else benchmark)(**args)
+    chosen = benchmark_on_dask if args.pop("dask") else benchmark
+    chosen.task_runner.duplicate()  # a bad setting of its runner fails now, before Prefect's server starts
+    chosen(**args)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ def dask_task_runner() -> PlacedDaskTaskRunner:
     return PlacedDaskTaskRunner(cluster_kwargs={**cluster, "resources": gpu_resources()})
 
 
+class DaskFromSettings(PlacedDaskTaskRunner):
+    """`dask_task_runner()`, made when a run starts (Prefect enters a `duplicate()` of the flow's
+    task runner for each run): the settings are read then, not when the flow module is imported."""
+
+    def duplicate(self) -> PlacedDaskTaskRunner:
+        return dask_task_runner()
+
+
 def check_cluster(root: str) -> None:
     """On a cluster at $WDYS_DASK_ADDRESS, fail before any task when no worker could take the model
     tasks or a worker cannot see `root`. Off Dask, or on a local cluster (processes of this machine,

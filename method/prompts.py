@@ -13,8 +13,6 @@ import json
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
 DESCRIPTION_PROMPT = "What do you see? Describe any object precisely, including its type or class."
 
 PREDICTION_PROMPT = (
@@ -55,7 +53,10 @@ def class_description_prompts(class_name: str) -> list[str]:
 
 
 def clip_templates(class_name: str) -> list[str]:
-    """CLIP's 80 ImageNet prompt templates, as open_clip ships them."""
+    """CLIP's 80 ImageNet prompt templates, as open_clip ships them (imported here, not with this
+    module: importing open_clip imports torch, which a query or a cached run must not wait for)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
     return [t(class_name) for t in OPENAI_IMAGENET_TEMPLATES]
 
 

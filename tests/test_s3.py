@@ -21,7 +21,7 @@ from s3_support import moto_s3
 from flows.benchmark import benchmark
 from storage import io as sio
 from storage import query
-from storage.catalog import connect, local_catalog_path
+from storage.connection import connect, local_catalog_path
 from storage.paths import resolve_root
 
 BUCKET, PREFIX = "wdys-test", "runs/quick"

@@ -28,7 +28,7 @@ from s3_support import moto_s3
 
 from flows.benchmark import benchmark
 from storage import io as sio
-from storage.catalog import connect, local_catalog_path
+from storage.connection import connect, local_catalog_path
 from tasks.evaluate import format_table
 
 REPO = Path(__file__).resolve().parents[1]

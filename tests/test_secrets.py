@@ -35,7 +35,7 @@ from s3_support import moto_s3
 
 from flows.benchmark import benchmark
 from storage import query
-from storage.catalog import local_catalog_path
+from storage.connection import local_catalog_path
 from storage.paths import resolve_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,9 @@ def test_the_settings_page_is_the_declarations():
     page = (REPO / "docs" / "settings.md").read_text()
     table = re.search(r"<!-- settings: .*? -->\n(.*?)\n<!-- end of settings -->", page, re.S)
     assert table, "docs/settings.md has no generated settings table"
-    assert table.group(1) == settings.markdown_table(), "paste `python -m core.settings --markdown` into docs/settings.md"
+    assert table.group(1) == settings.markdown_table(), (
+        "paste `python -m core.settings --markdown` into docs/settings.md"
+    )
 
 
 def test_only_the_settings_module_reads_the_environment():
