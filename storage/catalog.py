@@ -17,6 +17,7 @@ import duckdb
 
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
 from storage.connection import catalog_file, connect
+from storage.leaderboard import create_leaderboard_view
 from storage.paths import table_glob
 from storage.reference import published_sql
 from storage.schemas import RUN_KEYS, TABLES
@@ -158,6 +159,7 @@ def create_views(
     if "metrics" in made:
         con.execute(published_sql())
         made.append("published_baselines")
+    made += create_leaderboard_view(con, made)
     return made
 
 
