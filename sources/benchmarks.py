@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,12 +37,9 @@ from core.errors import BadDataset, DatasetNotFound
 from core.guard import causes
 from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
-from sources.imagefolder import open_imagefolder
-from sources.parquet import open_parquet, split_files
-from sources.wds import is_wds, open_wds
+from sources.layouts import LAYOUTS, layout_of
 from storage.paths import split_dataset_spec
 
-LAYOUTS = {"parquet": open_parquet, "wds": open_wds}  # those that take the benchmark's class names
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
 EMBEDDED_DATASETS = Path(__file__).with_name("embedded")
@@ -224,33 +220,12 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
 # Opening -------------------------------------------------------------------------------------
 
 
-def copy_layout(location: str, names: Sequence[str]) -> tuple[str, str] | None:
-    """(layout, split name) of the first of `names` the copy at `location` holds: as Parquet, as
-    CLIP_benchmark's WebDataset or as an ImageFolder; None when it holds none of them."""
-    fs, root = fsspec.core.url_to_fs(location)
-    for split in names:
-        try:
-            split_files(location, split)
-            return "parquet", split
-        except FileNotFoundError:
-            pass
-        if root.endswith(".parquet"):
-            continue
-        if is_wds(location, split):
-            return "wds", split
-        if fs.isdir(f"{root.rstrip('/')}/{split}"):
-            return "imagefolder", split
-    return None
-
-
 def open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
-    found = copy_layout(location, names)
+    found = layout_of(location, names)
     if found is None:
         return None
     layout, split = found
-    if layout == "imagefolder":
-        return open_imagefolder(bench.name, location, split)
-    return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
+    return LAYOUTS[layout].open(bench.name, location, split, bench.class_names)
 
 
 def local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
@@ -291,7 +266,7 @@ def gated_hint(exc: BaseException, location: str) -> str | None:
 def _open_hub(bench: Benchmark, spec: str, split: str) -> DatasetSource:
     layout, location, _ = split_dataset_spec(spec)
     if layout in LAYOUTS:
-        return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
+        return LAYOUTS[layout].open(bench.name, location, split, bench.class_names)
     if spec.startswith("torchvision:"):
         return open_archive(bench.name, spec.partition(":")[2], split)
     source = open_copy(bench, location, (split,))

@@ -28,11 +28,11 @@ from sources.benchmarks import (
     BENCHMARKS_BY_NAME,
     PAPER_BENCHMARKS,
     Benchmark,
-    copy_layout,
     hub_source,
     local_copies,
     open_copy,
 )
+from sources.layouts import layout_of
 from sources.parquet import split_files
 from sources.wds import CLASSNAMES, TEMPLATES, split_shards
 from storage.paths import split_dataset_spec
@@ -52,7 +52,7 @@ def whereabouts(bench: Benchmark) -> Whereabouts:
     """Where a run would read the evaluation split now (without asking the network)."""
     names = bench.evaluation_split_names(bench.split) or (bench.split,)
     for location, _ in local_copies(bench):
-        found = copy_layout(location, names)
+        found = layout_of(location, names)
         if found:
             return Whereabouts("local copy", f"{location} ({found[0]}, {found[1]})", True)
     spec = hub_source(bench)
@@ -134,7 +134,7 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
         source = open_archive(bench.name, spec.partition(":")[2], bench.hub_split, data_dir)
         return verified(bench, source.num_rows, archive_root(bench.name, data_dir), log)
     names = bench.evaluation_split_names(bench.split) or ()
-    if target.exists() and copy_layout(str(target), names):
+    if target.exists() and layout_of(str(target), names):
         copy = open_copy(bench, str(target), names)
         return verified(bench, copy.num_rows if copy else 0, target, log)
     staging = data_dir / f".{bench.name}.fetching"
