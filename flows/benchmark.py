@@ -137,7 +137,7 @@ def benchmark(
     class_samples: Positive | None = None,
     shortlist: Positive | None = None,
 ) -> dict:
-    """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
+    """Zero-shot classification with multimodal-LLM descriptions, every component combination and weighting.
 
     Args:
         datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>` /

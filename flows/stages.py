@@ -175,7 +175,7 @@ def classify(
     texts: dict[AnswerKind, Futures],
     weights: dict[tuple[str, MaybeAnswerer], PrefectFuture],
 ) -> None:
-    """Every component subset of every shard under each weighting (image-only without an answerer)."""
+    """Every component combination of every shard under each weighting (the image alone, no answerer)."""
     for weighting in weightings:
         if answerer is None and weighting in NEEDS_DESCRIPTIONS:
             continue
