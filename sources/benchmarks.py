@@ -306,6 +306,8 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
         hub_split = bench.hub_split if evaluation else split
         try:
             source = _open_hub(bench, hub, hub_split)
+        except BadDataset:  # read, and refused as it is (cut short, unpacked in part): says so itself
+            raise
         except Exception as exc:  # offline, gated, or no such split: say what was looked for
             gated = gated_hint(exc, split_dataset_spec(hub)[1])
             if gated:

@@ -131,7 +131,7 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
     if not spec:
         raise BadParameter(f"{bench.name}: no public source known; put a copy at {target}")
     if spec.startswith("torchvision:"):
-        source = open_archive(bench.name, spec.partition(":")[2], bench.hub_split, data_dir)
+        source = open_archive(bench.name, spec.partition(":")[2], bench.hub_split, data_dir, complete=True)
         return verified(bench, source.num_rows, archive_root(bench.name, data_dir), log)
     names = bench.evaluation_split_names(bench.split) or ()
     if target.exists() and layout_of(str(target), names):

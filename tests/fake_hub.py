@@ -4,7 +4,8 @@ and `resolve` downloads with Range support, each dataset repository served from 
 A gated repository answers file downloads as the hub does without an accepted licence (401 with
 `X-Error-Code: GatedRepo`); its info and listing stay public, as on the hub.
 
-Every request is recorded (`FakeHub.requests`), so a test can assert what was fetched.
+Every request is recorded (`FakeHub.requests`) and the file bytes sent are counted
+(`FakeHub.bytes_sent`), so a test can assert what was fetched and how much.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Path] = {}
         self.gated: set[str] = set()
+        self.lock = threading.Lock()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, range header)
+        self.bytes_sent = 0  # file bytes sent by `resolve` downloads
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -147,6 +150,8 @@ class FakeHub:
         request.end_headers()
         if method == "HEAD":
             return
+        with self.lock:
+            self.bytes_sent += len(body)
         request.wfile.write(body)
 
     @staticmethod

@@ -184,3 +184,35 @@ def test_every_registered_size_is_in_the_docs_with_its_source():
         source = cells[3] if name in PAPER_BENCHMARKS else cells[4]
         assert any(w in source for w in ("dataset card", "DataComp", "CLIP_benchmark", "paper", "TFDS")), name
     assert BENCHMARKS_BY_NAME["fer2013"].size == 7_178 and BENCHMARKS_BY_NAME["caltech101"].size == 6_085
+
+
+def test_a_partial_places365_unpacking_is_refused_and_fetch_completes_it(
+    prefect_server, archive_server, tmp_path, monkeypatch, capsys
+):
+    """`val_256` holding fewer images than the devkit's file list: a run fails in one line naming
+    both counts, exit status 2, before any model loads; `wdys datasets --fetch` unpacks it again
+    from the archive it kept (no new download)."""
+    from flows.benchmark import main as flow_main
+
+    open_dataset("places365", "val")  # downloads and unpacks the 3 images
+    images = tmp_path / "data" / "places365" / "torchvision" / "val_256"
+    (images / "Places365_val_00000002.jpg").unlink()
+    expected = (
+        f"places365: {images} holds 2 of the 3 images its file list names (unpacking cut short? "
+        "Places365_val_00000002.jpg is missing); `wdys datasets --fetch places365` completes it"
+    )
+    with pytest.raises(BadDataset) as refused:
+        open_dataset("places365", "val")
+    assert str(refused.value) == expected
+    root = tmp_path / "root"
+    args = ["--datasets", "places365", "--splits", "val", "--root", str(root), "--image-only", "--limit", "2"]
+    assert guarded(flow_main, args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {expected}"] and not (root / "manifest").exists()
+    places = BENCHMARKS_BY_NAME["places365"]
+    monkeypatch.setitem(BENCHMARKS_BY_NAME, "places365", dataclasses.replace(places, size=3))
+    asked = len(archive_server)
+    assert guarded(fetch_main, ["--fetch", "places365"]) == 0
+    assert open_dataset("places365", "val").num_rows == 3
+    assert (images / "Places365_val_00000002.jpg").is_file()
+    assert "/val_256.tar" not in archive_server[asked:]
