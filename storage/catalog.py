@@ -196,4 +196,3 @@ def publish_catalog(path: str, root: str) -> None:
     catalog or this one, never a part."""
     fs, target = fsspec.core.url_to_fs(catalog_path(root))
     fs.put_file(path, target)
-
