@@ -56,6 +56,7 @@ class Benchmark:
     split_aliases: tuple[str, ...] = ()  # other names the evaluation split has in local copies
     local_only_splits: tuple[str, ...] = ()  # splits that exist only in a local copy
     classes: int | None = None  # without a curated list (the collection): the class count
+    terms: str = ""  # whose terms of use apply, where the source is a mirror of a dataset with its own
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -80,6 +81,11 @@ class Benchmark:
 
 
 HF = "hf://datasets/"
+IMAGENET_TERMS = (
+    "ImageNet's terms of access apply (non-commercial research and education, image-net.org), "
+    "not the mirror's"
+)
+PLACES_TERMS = "Places365's terms apply (MIT CSAIL: non-commercial research and education only)"
 CLIP_BENCHMARK = HF + "clip-benchmark/wds_"  # CLIP_benchmark's WebDataset copies (`test` split)
 BENCHMARK_LIST: tuple[Benchmark, ...] = (
     Benchmark(
@@ -90,9 +96,17 @@ BENCHMARK_LIST: tuple[Benchmark, ...] = (
         "test",
         50_000,
         split_aliases=("validation",),  # Hugging Face's name for it (ILSVRC/imagenet-1k)
+        terms=IMAGENET_TERMS,
     ),
     Benchmark(
-        "places365", "Places365", "val", "torchvision:Places365", "val", 36_500, split_aliases=("validation",)
+        "places365",
+        "Places365",
+        "val",
+        "torchvision:Places365",
+        "val",
+        36_500,
+        split_aliases=("validation",),
+        terms=PLACES_TERMS,
     ),
     Benchmark("sun397", "SUN397", "test", f"parquet:{HF}tanganke/sun397", "test", 19_850),
     Benchmark("food101", "Food-101", "test", f"parquet:{HF}ethz/food101", "validation", 25_250),

@@ -22,6 +22,7 @@ import fsspec
 
 from core import settings
 from core.errors import BadDataset, BadParameter
+from sources import remote
 from sources.archive import archive_root, open_archive, unpacked
 from sources.benchmarks import (
     BENCHMARK_LIST,
@@ -72,14 +73,18 @@ def listing() -> list[str]:
         where = whereabouts(bench)
         size = f"{bench.size:,} images" if bench.size else "size unknown"
         state = {
-            "hub": f"read remotely at each run; `wdys datasets --fetch {bench.name}` keeps a copy",
+            "hub": f"read remotely, each byte once (kept in the cache); `--fetch {bench.name}` keeps a copy",
             "archive": "not downloaded: the first run (or `--fetch`) downloads it",
             "none": "no copy",
         }.get(where.kind, "")
         state = "present" if where.present else state
+        cached = remote.cached_bytes(split_dataset_spec(where.location)[1]) if where.kind == "hub" else 0
+        extra = (f"  cached here: {cached / 1e6:,.1f} MB" if cached else "") + (
+            f"  licence: {bench.terms}" if bench.terms else ""
+        )
         lines.append(
             f"{bench.name:<{width}} {bench.split:<5} {size:>15}  {bench.num_classes:>4} classes  "
-            f"{where.kind}: {where.location}  [{state}]"
+            f"{where.kind}: {where.location}  [{state}]{extra}"
         )
     return lines
 
@@ -159,6 +164,19 @@ def verified(bench: Benchmark, count: int, where: Path, log: Log) -> Path:
     return where
 
 
+def clear_cache(names: list[str]) -> None:
+    """`--clear-cache`: the byte cache of remote sources (`sources.remote`) emptied."""
+    unknown = sorted(set(names) - set(BENCHMARKS_BY_NAME))
+    if unknown:
+        raise BadParameter(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS_BY_NAME)}")
+    if not names:
+        print(f"removed {remote.clear() / 1e6:,.1f} MB of cached remote bytes under {remote.cache_root()}")
+    for name in names:
+        spec = hub_source(BENCHMARKS_BY_NAME[name]) or ""
+        freed = remote.clear(split_dataset_spec(spec)[1]) if ":" in spec else 0
+        print(f"{name}: removed {freed / 1e6:,.1f} MB of cached remote bytes")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wdys datasets", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -170,7 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data-dir", default=settings.DATA_DIR.text() or None, help="default: $WDYS_DATA_DIR"
     )
+    parser.add_argument(
+        "--clear-cache",
+        nargs="*",
+        metavar="NAME",
+        help="remove the remote bytes kept for these benchmarks (none named: for every source)",
+    )
     args = parser.parse_args(argv)
+    if args.clear_cache is not None:
+        clear_cache(args.clear_cache)
+        return
     if not args.fetch:
         print("\n".join(listing()))
         return

@@ -205,7 +205,7 @@ class RangeReader(io.RawIOBase):
 def cached_bytes(location: str) -> int:
     """Bytes of `location`'s files held in the cache."""
     total = 0
-    for listed in (repo_folder(location) / "blobs").glob("*.json"):
+    for listed in (repo_folder(location) / "blobs").glob("*.json"):  # the range lists
         try:
             total += sum(e - s for s, e in json.loads(listed.read_text()).get("ranges", []))
         except (OSError, ValueError):
@@ -213,8 +213,16 @@ def cached_bytes(location: str) -> int:
     return total
 
 
-def clear(location: str) -> int:
-    """Remove `location`'s cached bytes and indexes; returns the bytes freed."""
-    freed = cached_bytes(location)
-    shutil.rmtree(repo_folder(location), ignore_errors=True)
+def clear(location: str | None = None) -> int:
+    """Remove `location`'s cached bytes and indexes (without one: every source's); returns the
+    bytes freed. Only wdys's `wdys/` folders go; the hub's own files beside them stay."""
+    folders = [repo_folder(location)] if location else list(cache_root().glob("*/wdys"))
+    freed = 0
+    for folder in folders:
+        for listed in (folder / "blobs").glob("*.json"):
+            try:
+                freed += sum(e - s for s, e in json.loads(listed.read_text()).get("ranges", []))
+            except (OSError, ValueError):
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
     return freed

@@ -3,8 +3,10 @@ counts), each sample `KEY.<jpg|jpeg|png|webp>` with its integer label in `KEY.cl
 in `classnames.txt` beside the split folders, `zeroshot_classification_templates.txt` optional.
 
 Local folders and any fsspec URL (`hf://datasets/clip-benchmark/wds_vtab-cifar10`, `s3://...`).
-Opening a split reads each shard's tar headers once, one shard at a time (an index of offsets and
-labels, never the images), so a row's image is read later by a ranged read of its own shard.
+Opening a split reads each shard's tar headers once (an index of offsets and labels, never the
+images; `sources.tarindex`, which refuses a shard cut short), so a row's image is read later by a
+ranged read of its own shard. A remote shard is read through the byte cache (`sources.remote`),
+its index kept there by the shard's etag: built once per machine, each byte downloaded once.
 A sample without an image is kept and fails alone when decoded; a sample without a readable label
 is a broken copy and refused when the split is opened.
 """
