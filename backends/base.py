@@ -26,6 +26,35 @@ class DescriberUnavailable(UserError):
     of it is stored: storing it would turn a wrong key into plausible numbers, cached for good."""
 
 
+def current_run() -> str | None:
+    """The id of the Prefect flow run this call serves (None outside one)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_run = TaskRunContext.get()
+    if task_run is not None:
+        return str(task_run.task_run.flow_run_id)
+    flow_run = FlowRunContext.get()
+    return str(flow_run.flow_run.id) if flow_run is not None and flow_run.flow_run else None
+
+
+class RunFailure:
+    """A describer's failure as a whole, remembered for the run that met it alone (its later calls
+    fail at once, without a request): a long-lived process (a Dask worker) asks again in the next
+    run, which may come after the key, the quota or the server was fixed."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str | None, DescriberUnavailable] = {}
+
+    def remember(self, failure: DescriberUnavailable) -> DescriberUnavailable:
+        """The failure this run remembers: the first one it met."""
+        self._failures = {(run := current_run()): self._failures.get(run, failure)}
+        return self._failures[run]
+
+    def check(self) -> None:
+        if (failure := self._failures.get(current_run())) is not None:
+            raise failure
+
+
 def same_settings(model_id: str, keyed: Mapping[str, object], here: Mapping[str, object]) -> None:
     """Refuses (`DescriberUnavailable`) when this process would answer with other settings than the
     ones a run's key holds, made on the flow's machine: a CPU-only flow host and a GPU worker, or a

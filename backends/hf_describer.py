@@ -36,8 +36,8 @@ from transformers import (
     ProcessorMixin,
 )
 
-from backends import hf_resident
-from backends.base import Answer, AnswerSink, DescriberUnavailable, handed, same_settings, sample_seed
+from backends import base, hf_resident
+from backends.base import Answer, AnswerSink, DescriberUnavailable, RunFailure, handed, same_settings
 from backends.device import pick_device, pick_dtype
 from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
 from backends.hf_spec import (
@@ -56,7 +56,8 @@ from method.prompts import MAX_NEW_TOKENS
 __all__ = ["HFDescriber", "settings_for"]
 
 _MAX_ERROR_CHARS = 300
-_load_failures: dict[str, DescriberUnavailable] = {}  # a model that did not load is not tried again
+# A model that did not load is not tried again in the same run (keyed by spec and flow run id).
+_load_failures: dict[tuple[str, str | None], DescriberUnavailable] = {}
 _auto_batches: dict[tuple[str, str], int] = {}  # the automatic batch size found per (model, device)
 
 
@@ -122,7 +123,7 @@ class HFDescriber:
         self._batch_size = found if batch_size is None else max(1, batch_size)
         self._settings = settings
         self._eos_ids = eos_ids(model)
-        self._unavailable: DescriberUnavailable | None = None
+        self._unavailable = RunFailure()
         # generate() is not safe to share between threads.
         self._lock = threading.Lock()
 
@@ -138,8 +139,8 @@ class HFDescriber:
         `keyed`: the settings a run's key holds (resolved on the flow's machine): the model loads at
         their revision, and a worker that would answer otherwise (another dtype on another device, a
         local dir edited since) refuses (`backends.base.same_settings`)."""
-        if spec in _load_failures:
-            raise _load_failures[spec]
+        if (failed := (spec, base.current_run())) in _load_failures:
+            raise _load_failures[failed]
         settings = settings_for(spec, max_new_tokens, str(keyed["revision"]) if keyed else None)
         if keyed is not None:
             same_settings(f"hf:{spec}", keyed, settings)
@@ -150,11 +151,11 @@ class HFDescriber:
                 describer = cls(spec, model, processor, max_new_tokens, size, settings)
                 hf_resident.loaded(describer)
         except DescriberUnavailable as exc:
-            _load_failures[spec] = exc
+            _load_failures[failed] = exc
             raise
         except Exception as exc:
-            _load_failures[spec] = _load_error(spec, exc)
-            raise _load_failures[spec] from exc
+            _load_failures[failed] = _load_error(spec, exc)
+            raise _load_failures[failed] from exc
         return describer
 
     @property
@@ -212,7 +213,7 @@ class HFDescriber:
         if len(prompts) != len(samples):
             raise ValueError(f"{len(prompts)} prompts for {len(samples)} samples")
         texts = [self._render([{"type": "text", "text": p}]) for p in prompts]
-        seeds = [sample_seed(p, s) for p, s in zip(prompts, samples, strict=True)]
+        seeds = [base.sample_seed(p, s) for p, s in zip(prompts, samples, strict=True)]
 
         def inputs(rows: list[int]) -> BatchFeature:
             return self._tokenize([texts[i] for i in rows])
@@ -269,11 +270,12 @@ class HFDescriber:
             return self._generate(inputs(rows), **extra(rows))
         except Exception as exc:
             if _device_fault(exc):
-                self._unavailable = DescriberUnavailable(
-                    f"hf describer {self._spec!r} on {self.device}: a device error that is not out of memory "
-                    f"({_one_line(exc)}); check the GPU and its driver (nvidia-smi), then rerun"
-                )
-                raise self._unavailable from exc
+                raise self._unavailable.remember(
+                    DescriberUnavailable(
+                        f"hf describer {self._spec!r} on {self.device}: a device error that is not out of "
+                        f"memory ({_one_line(exc)}); check the GPU and its driver (nvidia-smi), then rerun"
+                    )
+                ) from exc
             oom = _out_of_memory(exc)
             if oom and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -297,8 +299,7 @@ class HFDescriber:
         self._batch_size = min(self._batch_size, size)
 
     def _raise_if_unavailable(self) -> None:
-        if self._unavailable is not None:
-            raise self._unavailable
+        self._unavailable.check()
 
     def _render(self, content: list[dict[str, str]]) -> str:
         """A model whose chat template fails (a base model has none) cannot be asked anything."""
@@ -307,11 +308,12 @@ class HFDescriber:
         try:
             return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:
-            self._unavailable = DescriberUnavailable(
-                f"hf describer {self._spec!r}: its chat template cannot render a prompt ({_one_line(exc)}); "
-                "use an instruction-tuned VLM whose processor has a chat template"
-            )
-            raise self._unavailable from exc
+            raise self._unavailable.remember(
+                DescriberUnavailable(
+                    f"hf describer {self._spec!r}: its chat template cannot render a prompt "
+                    f"({_one_line(exc)}); use an instruction-tuned VLM whose processor has a chat template"
+                )
+            ) from exc
 
     def _tokenize(self, texts: list[str], images: list[list[Image.Image]] | None = None) -> BatchFeature:
         """The rendered template already holds the BOS where the model wants one (Gemma, SmolVLM):

@@ -21,9 +21,11 @@ Settings come from the environment (read again by every `settings_for` and `load
 Answers stopped by the token limit are kept and flagged `truncated`; an empty one (a thinking model
 that spent the whole limit thinking) is an error. A failure of the describer as a whole (401, 402,
 403, 404, a spent quota or budget whatever its status, an unreachable server) raises
-`DescriberUnavailable` now and for every later call of this describer, wherever in a shard it
-starts; transient failures left after the client's retries are `retryable` answers. Whether many
-failing items say the same (every request of a shard refused) is the shard task's judgement.
+`DescriberUnavailable` now and for every later call of this describer in the same flow run,
+wherever in a shard it starts (the next run asks again). Only a refusal of one item's input (413,
+415, a 400 or 422 naming it: `openai_errors.item_refusal`) is that item's final error; every other
+failure left after the client's retries is a `retryable` answer. Whether many failing items say
+the same (every request of a shard refused) is the shard task's judgement.
 
 Requests draw on one adaptive in-flight budget per endpoint and model (`backends.inflight`), shared
 by every describer and task of the process, so shards of one run overlap
@@ -33,6 +35,7 @@ by every describer and task of the process, so shards of one run overlap
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import json
 import threading
@@ -45,9 +48,9 @@ from urllib.parse import urlsplit
 import openai
 from PIL import Image
 
-from backends.base import Answer, AnswerSink, DescriberUnavailable, sample_seed
+from backends.base import Answer, AnswerSink, DescriberUnavailable, RunFailure, sample_seed
 from backends.inflight import BudgetedHttpClient, budget_for, next_batch, queued_as
-from backends.openai_errors import MAX_ERROR_CHARS, out_of_quota, rejects, server_message
+from backends.openai_errors import MAX_ERROR_CHARS, item_refusal, out_of_quota, rejects, server_message
 from core.settings import (
     OPENAI_API_KEY,
     OPENAI_BASE_URL,
@@ -183,7 +186,7 @@ class OpenAIDescriber:
         self._extra_body: dict[str, Any] = dict(self._settings["extra_body"])  # type: ignore[call-overload]
         self._lock = threading.Lock()
         self._reached = False  # the server has answered something: a later connection error is transient
-        self._unavailable: DescriberUnavailable | None = None
+        self._unavailable = RunFailure()
 
     @classmethod
     def load(cls, spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> OpenAIDescriber:
@@ -257,7 +260,9 @@ class OpenAIDescriber:
 
         # One thread per item; the budget decides how many are on the wire.
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            done = list(pool.map(counted, range(len(items)), items))
+            # each on a copy of the caller's context: a failure is remembered for the caller's run
+            runs = [pool.submit(contextvars.copy_context().run, counted, i, x) for i, x in enumerate(items)]
+            done = [run.result() for run in runs]
         self._thread.passes = self.passes_in_this_thread() + sum(n for _, n in done)
         # Whether failing items say the describer cannot answer at all is the shard's judgement
         # (`tasks.answers.require_an_answer`): only it knows whether they are a few items asked again.
@@ -361,30 +366,26 @@ class OpenAIDescriber:
                 )
             with self._lock:
                 self._reached = True
-            retryable = status in (408, 409, 429) or status >= 500
-            return Answer(None, latency, error=self._error_text(exc), retryable=retryable)
+            # Only a refusal of this item's input is its error; anything else is asked again later.
+            return Answer(None, latency, error=self._error_text(exc), retryable=not item_refusal(exc))
         if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
             if not self._reached:
                 raise self._fail(
                     f"cannot reach the server ({exc})", "check OPENAI_BASE_URL and that it is up"
                 )
             return Answer(None, latency, error=self._error_text(exc), retryable=True)
-        # Timeouts, unreadable responses: the server may answer next time.
-        retryable = isinstance(exc, openai.APIError)
-        return Answer(None, latency, error=self._error_text(exc), retryable=retryable)
+        # Timeouts, unreadable responses, anything of unknown cause: the server may answer next time.
+        return Answer(None, latency, error=self._error_text(exc), retryable=True)
 
     def _fail(self, reason: str, check: str) -> DescriberUnavailable:
         """The describer-wide error, kept so that every later call raises it without a request."""
+        where = self._settings["endpoint"]
+        message = f"describer {self.model_id} at {where}: {reason}; {check}"
         with self._lock:
-            if self._unavailable is None:
-                where = self._settings["endpoint"]
-                message = f"describer {self.model_id} at {where}: {reason}; {check}"
-                self._unavailable = DescriberUnavailable(" ".join(self._scrub(message).split()))
-            return self._unavailable
+            return self._unavailable.remember(DescriberUnavailable(" ".join(self._scrub(message).split())))
 
     def _raise_if_unavailable(self) -> None:
-        if self._unavailable is not None:
-            raise self._unavailable
+        self._unavailable.check()
 
     def _scrub(self, message: str) -> str:
         key = self.client.api_key

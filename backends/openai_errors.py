@@ -38,3 +38,17 @@ def server_message(exc: openai.APIStatusError) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return body["message"][:MAX_ERROR_CHARS]
     return str(body if body is not None else exc.message)[:MAX_ERROR_CHARS]
+
+
+# Statuses of a server that refused one request's input. 413 and 415 always name the payload; a 400
+# or 422 counts when its message names the input (a 400 for a spent budget or a broken proxy does not).
+ITEM_STATUSES = (400, 413, 415, 422)
+INPUT_WORDS = ("image", "input", "content", "prompt", "message", "token", "context", "too large", "too long",
+               "size", "format", "decode", "safety", "filter", "policy")  # fmt: skip
+
+
+def item_refusal(exc: openai.APIStatusError) -> bool:
+    """The server refused this item's input: the item's own error, never asked again."""
+    if exc.status_code not in ITEM_STATUSES:
+        return False
+    return exc.status_code in (413, 415) or any(w in server_message(exc).lower() for w in INPUT_WORDS)

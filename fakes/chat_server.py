@@ -32,6 +32,7 @@ EMPTY = "EMPTY-ANSWER"  # prompt marker: empty content and no usage
 LENGTH = "LENGTH-CAPPED"  # prompt marker: the answer stops at the token limit
 THINKING = "THINKING-ONLY"  # prompt marker: empty content at the token limit (Gemini thinking budget)
 BAD_ITEM = "BAD-ITEM"  # prompt marker: 400 for this request only
+ODD = "ODD-FAILURE"  # prompt marker: 418, a failure of unknown cause, for this request only
 MAX_TOKENS_ERROR = {
     "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
     "Use 'max_completion_tokens' instead.",
@@ -154,6 +155,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(400, {"error": MAX_TOKENS_ERROR})
         if srv.reject_temperature and "temperature" in body:
             return self._send(400, {"error": TEMPERATURE_ERROR})
+        if ODD in text:
+            return self._send(418, {"error": {"message": "I'm a teapot"}})
         if BAD_ITEM in text:
             return self._send(400, {"error": {"message": "image too large", "code": None}})
         if size == FAIL_SIZE:  # echoes the credentials, as a badly behaved proxy might

@@ -192,9 +192,8 @@ class ShardAnswers:
         self.earlier, self.attempts = _read_pending(self.pending, key_columns)
         self.answered = set() if self.earlier is None else set(self._keys_of(self.earlier))
         # Items asked again in a shard that already holds answers fail as their own errors.
-        self.answered_before = self.earlier is not None and self.earlier.column("text").null_count < len(
-            self.earlier
-        )
+        texts = None if self.earlier is None else self.earlier.column("text")
+        self.answered_before = texts is not None and texts.null_count < len(texts)
         self._arrived: dict[int, Answer] = {}  # position -> answer (with text) got in this try
         self._lock = threading.Lock()
         self._dirty = False

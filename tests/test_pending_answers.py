@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backends.base import Answer, DescriberUnavailable
-from fakes.chat_server import BAD_ITEM, FAIL_SIZE, FakeChatServer, images, load, serving
+from fakes.chat_server import BAD_ITEM, FAIL_SIZE, ODD, FakeChatServer, images, load, serving
 from storage import query
 from storage.catalog import create_views
 from storage.paths import pending_path, shard_path
@@ -209,3 +209,25 @@ def test_a_run_killed_mid_shard_keeps_the_answers_it_saved(server: FakeChatServe
 
     asked = {r["size"] for r in server.requests[before:]}
     assert len(asked) == 40 - saved and len(pq.read_table(path)) == 40
+
+
+def test_only_a_refusal_of_the_items_input_is_its_error(server: FakeChatServer, tmp_path: Path) -> None:
+    """A failure of unknown cause (418) stays pending wherever it falls, the last item of a shard
+    included, and is asked again; a 400 naming the input, a 413 or a 415 is the item's error row; a
+    400 that names no input (a proxy's own trouble) is asked again."""
+    path = tmp_path / "shard-00000.parquet"
+    with pytest.raises(AnswersPending, match="418"):
+        shard(path, [GOOD, (21, 21), (22, 22)], ["Which?", BAD_ITEM, ODD])
+    assert not path.exists()
+
+    shard(path, [GOOD, (21, 21), (22, 22)], ["Which?", BAD_ITEM, "Which?"])
+
+    rows = pq.read_table(path).to_pylist()
+    assert [r["text"] is not None for r in rows] == [True, False, True]
+    assert sent(server, (22, 22)) == 2 and sent(server, (21, 21)) == 1  # the refusal was not asked again
+
+    describer = load()
+    for status, message, own in [(413, "", True), (415, "", True), (400, "upstream said no", False)]:
+        server.status, server.message = status, message
+        (answer,) = describer.describe(images(GOOD), "Which?")
+        assert answer.text is None and answer.retryable is not own, (status, message)
