@@ -161,7 +161,7 @@ class Describer(Protocol):
         """Free-text description of each image."""
         ...
 
-    def predict(
+    def guess(
         self,
         images: Sequence[Image.Image],
         prompts: Sequence[str],

@@ -192,7 +192,7 @@ class HFDescriber:
     ) -> list[Answer]:
         return self._answer_images(images, [prompt] * len(images), on_answer)
 
-    def predict(
+    def guess(
         self,
         images: Sequence[Image.Image],
         prompts: Sequence[str],

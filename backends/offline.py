@@ -195,7 +195,7 @@ class LabelDescriber:
     _recent: OrderedDict[bytes, np.ndarray] = field(default_factory=OrderedDict, repr=False)
 
     def _probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Lite2's output per image, remembered for the last few thousand images so that `predict`
+        """Lite2's output per image, remembered for the last few thousand images so that `guess`
         after `describe` on the same shard costs no second pass."""
         keys = [hashlib.sha1(im.tobytes() + repr(im.size).encode()).digest() for im in images]
         missing = [i for i, k in enumerate(keys) if k not in self._recent]
@@ -234,7 +234,7 @@ class LabelDescriber:
             answers.append(Answer(f"A photo of a {a}, or perhaps a {b} or a {c}.", latency))
         return handed(answers, on_answer)
 
-    def predict(
+    def guess(
         self,
         images: Sequence[Image.Image],
         prompts: Sequence[str],

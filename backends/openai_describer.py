@@ -218,7 +218,7 @@ class OpenAIDescriber:
             lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images, on_answer
         )
 
-    def predict(
+    def guess(
         self,
         images: Sequence[Image.Image],
         prompts: Sequence[str],

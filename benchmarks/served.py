@@ -120,7 +120,7 @@ def describer_tasks(root: str, images: int, shard_size: int) -> tuple[float, flo
     from storage.io import read_table
     from storage.keys import Selection
     from tasks.answers import for_describer
-    from tasks.describe import answerer_for, describe_shard, predict_shard
+    from tasks.describe import answerer_for, describe_shard, guess_shard
     from tasks.ingest import ingest_shard
     from tasks.plan import plan_dataset
 
@@ -134,7 +134,7 @@ def describer_tasks(root: str, images: int, shard_size: int) -> tuple[float, flo
         manifests = [ingest_shard.submit(root, part) for part in parts]
         futures = []
         for s, part in enumerate(parts):
-            for describer_task in (describe_shard, predict_shard):  # as flows.stages.answer submits them
+            for describer_task in (describe_shard, guess_shard):  # as flows.stages.answer submits them
                 submit = for_describer(describer_task, answerer.describer).submit
                 futures.append(submit(root, part, answerer, manifests[s]))
         return [f.result() for f in futures], time.perf_counter() - started

@@ -77,6 +77,7 @@ class FakeChatServer(ThreadingHTTPServer):
         self.spans: list[tuple[float, float]] = []  # (arrival, reply) of every request answered 200
         self.quota: int | None = None  # the key's credit: 402 insufficient_quota once this many are answered
         self.answered = 0  # requests answered 200
+        self.charged = 0  # requests admitted against `quota`
 
     @property
     def base_url(self) -> str:
@@ -147,8 +148,9 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(
                 srv.status, {"error": {"message": srv.message, "code": srv.message.split(":")[0]}}
             )
-        with srv.lock:
-            spent = srv.quota is not None and srv.answered >= srv.quota
+        with srv.lock:  # a credit is taken as the request is admitted: concurrent ones never overdraw
+            spent = srv.quota is not None and srv.charged >= srv.quota
+            srv.charged += not spent
         if spent:
             return self._send(402, {"error": QUOTA_ERROR})
         if srv.reject_max_tokens and "max_tokens" in body:

@@ -1,6 +1,6 @@
 """Running the shard tasks on Dask: where model tasks may go, and the checks made before any task.
 
-Model tasks (those tagged `gpu`: describe, predict, describe-classes, embed-images, embed-texts,
+Model tasks (those tagged `gpu`: describe, guess, describe-classes, embed-images, embed-texts,
 class-weights) ask the scheduler for a worker resource, $WDYS_DASK_GPU_RESOURCE (default `GPU`) x
 $WDYS_DASK_GPU_AMOUNT (default 1), so they run only on workers started with `--resources GPU=1`;
 ingest and classify go anywhere. An empty resource name turns placement off.

@@ -23,7 +23,7 @@ from storage.keys import Answerer, run_keys
 from tasks.answers import for_describer
 from tasks.class_weights import class_weights_task, describe_classes
 from tasks.classify import classify_shard
-from tasks.describe import describe_shard, predict_shard
+from tasks.describe import describe_shard, guess_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.ingest import ingest_shard
 from tasks.plan import Shard, ShardPlan
@@ -69,7 +69,7 @@ def answer(
         if answerer is not None:
             kinds.append(("description", for_describer(describe_shard, answerer.describer)))
             if answerer.shortlist is None:  # a shortlisted guess waits for an encoder (embed_answers)
-                kinds.append(("prediction", for_describer(predict_shard, answerer.describer)))
+                kinds.append(("prediction", for_describer(guess_shard, answerer.describer)))
         for s, manifest in enumerate(manifests):
             shard = plan.shard(s)
             for kind, shard_task in kinds:
@@ -146,7 +146,7 @@ def embed_answers(
     guesses = answers.get((answerer, "prediction"))
     if guesses is None:
         ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
-        guess = for_describer(predict_shard, answerer.describer)
+        guess = for_describer(guess_shard, answerer.describer)
         guesses = [
             run.submit(guess, run.root, plan.shard(s), answerer, manifests[s], encoder, images[s], ranking)
             for s in range(len(images))

@@ -16,7 +16,7 @@ from PIL import Image
 from backends.base import Answer, Describer
 from backends.registry import default_class_samples, describer_settings, load_describer
 from method.fusion import logits, normalize, shortlist
-from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
+from method.prompts import DESCRIPTION_PROMPT, guess_prompt
 from sources.images import decode_manifest
 from storage.addresses import answers_shard
 from storage.io import exists, read_table
@@ -110,8 +110,8 @@ def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> li
 
 
 @stage("describe")
-@describer_task("predict")
-def predict_shard(
+@describer_task("guess")
+def guess_shard(
     root: str,
     shard: Shard,
     answerer: Answerer,
@@ -140,7 +140,7 @@ def predict_shard(
         describer: Describer, indices: list[int], images: list[Image.Image], sink: Sink
     ) -> list[Answer]:
         class_lists = [[names[c] for c in listed[i]] for i in indices]
-        prompts = [prediction_prompt(c) for c in class_lists]
-        return describer.predict(images, prompts, class_lists, on_answer=sink)
+        prompts = [guess_prompt(c) for c in class_lists]
+        return describer.guess(images, prompts, class_lists, on_answer=sink)
 
     return answer_images(manifest, answerer, path, guess, listed if answerer.shortlist else None)

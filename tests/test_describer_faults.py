@@ -56,6 +56,7 @@ class FaultServer(ThreadingHTTPServer):
         self.outage_after: int | None = None  # or: the window opens after this many answers
         self.outage_s = 0.0
         self.quota: int | None = None  # the key's credit: 402 insufficient_quota once this many are answered
+        self.charged = 0  # requests admitted against `quota`
 
 
 class FaultHandler(BaseHTTPRequestHandler):
@@ -92,6 +93,10 @@ class FaultHandler(BaseHTTPRequestHandler):
             ):
                 srv.outage = (now, now + srv.outage_s)
             down = srv.outage is not None and srv.outage[0] <= now < srv.outage[1]
+            # a credit is taken as the request is admitted, so concurrent requests never overdraw it
+            spent = srv.quota is not None and srv.charged >= srv.quota
+            signed = self.headers.get("Authorization") == f"Bearer {GOOD_KEY}"
+            srv.charged += not spent and not down and signed
         fast = {"retry-after-ms": "5"}
         first = attempt == 1
         if self.headers.get("Authorization") != f"Bearer {GOOD_KEY}":
@@ -100,7 +105,7 @@ class FaultHandler(BaseHTTPRequestHandler):
             )
         if down:
             return self.send(503, {"error": {"message": "overloaded"}}, fast)
-        if srv.quota is not None and sum(srv.answered.values()) >= srv.quota:
+        if spent:
             return self.send(402, {"error": QUOTA_ERROR})
         if width == ALWAYS_400:
             return self.send(400, {"error": {"message": "this image was refused by the content filter"}})

@@ -45,7 +45,7 @@ def shard(path: Path, sizes: list[tuple[int, int]], prompts: list[str]) -> objec
 
     def ask(todo: list[int], shard: ShardAnswers) -> tuple[list[Answer], int]:
         asked = images(*[sizes[i] for i in todo])
-        answers = describer.predict(asked, [prompts[i] for i in todo], [["a"]] * len(todo), shard.sink(todo))
+        answers = describer.guess(asked, [prompts[i] for i in todo], [["a"]] * len(todo), shard.sink(todo))
         return shard.settle(todo, answers), 0
 
     def rows(positions: list[int], answers: list[Answer]):
