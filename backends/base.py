@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +58,20 @@ class Answer:
     def final(self) -> bool:
         """A result to store: an answer, or a failure that asking again would not change."""
         return not self.retryable
+
+
+# Where a describer hands each answer as it arrives: (index of the item in the call, its answer). The
+# shard task saves what arrived (`tasks.answers.ShardAnswers`), so a run that fails or is killed
+# midway keeps every answer it got; the call still returns them all, in order.
+AnswerSink = Callable[[int, "Answer"], None]
+
+
+def handed(answers: list[Answer], on_answer: AnswerSink | None, first: int = 0) -> list[Answer]:
+    """Hand answers that arrived together (a batch from `first` on) to `on_answer`; returns them."""
+    if on_answer is not None:
+        for i, answer in enumerate(answers, start=first):
+            on_answer(i, answer)
+    return answers
 
 
 def sample_seed(prompt: str, sample: int) -> int:
@@ -112,12 +126,18 @@ class Describer(Protocol):
         without loading the model and makes it part of the cache key."""
         ...
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
+    def describe(
+        self, images: Sequence[Image.Image], prompt: str, on_answer: AnswerSink | None = None
+    ) -> list[Answer]:
         """Free-text description of each image."""
         ...
 
     def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """Initial class guess per image, with a prompt per image (a shortlist lists different
         classes for each); `prompts[i]` already lists `class_names[i]` (backends that read prompts
@@ -125,12 +145,17 @@ class Describer(Protocol):
         ...
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """Text-only sampled answers (CuPL-style class descriptions), one per (prompts[i], samples[i]),
         each drawn with `sample_seed(prompts[i], samples[i])`, so that any subset can be asked again
         alone. `class_names[i]` is the class `prompts[i]` asks about (for stand-ins that cannot read).
 
         Every method raises `DescriberUnavailable` for a failure of the describer as a whole; a
-        failure of one item is that item's `Answer.error` (`retryable` when asking again may help)."""
+        failure of one item is that item's `Answer.error` (`retryable` when asking again may help).
+        Every method hands each answer to `on_answer` as soon as it has it (`AnswerSink`)."""
         ...

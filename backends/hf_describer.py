@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from backends import hf_resident
-from backends.base import Answer, DescriberUnavailable, same_settings, sample_seed
+from backends.base import Answer, AnswerSink, DescriberUnavailable, handed, same_settings, sample_seed
 from backends.device import pick_device, pick_dtype
 from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
 from backends.hf_spec import (
@@ -186,16 +186,26 @@ class HFDescriber:
     def settings(self) -> dict[str, object]:
         return dict(self._settings)
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
-        return self._answer_images(images, [prompt] * len(images))
+    def describe(
+        self, images: Sequence[Image.Image], prompt: str, on_answer: AnswerSink | None = None
+    ) -> list[Answer]:
+        return self._answer_images(images, [prompt] * len(images), on_answer)
 
     def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
-        return self._answer_images(images, prompts)  # each prompt already lists its class names
+        return self._answer_images(images, prompts, on_answer)  # each prompt already lists its classes
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str] = ()
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str] = (),
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """One sampled answer per (prompts[i], samples[i]), seeded by `sample_seed`: any subset,
         in any batch, gets the same answers."""
@@ -210,9 +220,11 @@ class HFDescriber:
         def sampler(rows: list[int]) -> dict[str, object]:
             return {"logits_processor": [SeededGumbel([seeds[i] for i in rows], CLASS_TEMPERATURE)]}
 
-        return self._run(len(prompts), inputs, sampler)
+        return self._run(len(prompts), inputs, sampler, on_answer)
 
-    def _answer_images(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Answer]:
+    def _answer_images(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], on_answer: AnswerSink | None
+    ) -> list[Answer]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         texts = [self._render([{"type": "image"}, {"type": "text", "text": p}]) for p in prompts]
@@ -220,15 +232,17 @@ class HFDescriber:
         def inputs(rows: list[int]) -> BatchFeature:
             return self._tokenize([texts[i] for i in rows], [[images[i].convert("RGB")] for i in rows])
 
-        return self._run(len(images), inputs, lambda rows: {})
+        return self._run(len(images), inputs, lambda rows: {}, on_answer)
 
     def _run(
         self,
         n: int,
         inputs: Callable[[list[int]], BatchFeature],
         extra: Callable[[list[int]], dict[str, object]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
-        """Batches of rows through `generate()`; a failed batch is retried row by row. Whether rows
+        """Batches of rows through `generate()`, each batch's answers handed to `on_answer` as it
+        ends; a failed batch is retried row by row. Whether rows
         that all failed say the model cannot answer at all is the shard's judgement
         (`tasks.answers.require_an_answer`): a retry of a few pending rows must not end the run."""
         self._raise_if_unavailable()
@@ -241,7 +255,7 @@ class HFDescriber:
                 start = 0
                 while start < n:
                     rows = list(range(start, min(n, start + self._batch_size)))
-                    answers.extend(self._run_rows(rows, inputs, extra))
+                    answers.extend(handed(self._run_rows(rows, inputs, extra), on_answer, start))
                     start += len(rows)
         return answers
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.transforms import v2 as T
 
-from backends.base import Answer, TextEmbeddings
+from backends.base import Answer, AnswerSink, TextEmbeddings, handed
 from backends.offline_spec import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS, TOP_K, settings_for
 from method.prompts import class_description_prompts
 
@@ -222,7 +222,9 @@ class LabelDescriber:
     def settings(self) -> dict[str, object]:
         return settings_for(self.model_id.removeprefix("offline:"))
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
+    def describe(
+        self, images: Sequence[Image.Image], prompt: str, on_answer: AnswerSink | None = None
+    ) -> list[Answer]:
         start = time.perf_counter()
         probs = self._probabilities(images)
         latency = (time.perf_counter() - start) / max(len(images), 1)
@@ -230,10 +232,14 @@ class LabelDescriber:
         for row in probs:
             a, b, c = (IMAGENET_CLASSNAMES[i] for i in np.argsort(-row)[:3])
             answers.append(Answer(f"A photo of a {a}, or perhaps a {b} or a {c}.", latency))
-        return answers
+        return handed(answers, on_answer)
 
     def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """The guess is the listed class nearest to Lite2's ConSE vector of the image."""
         start = time.perf_counter()
@@ -243,10 +249,14 @@ class LabelDescriber:
             for query, names in zip(queries, class_names, strict=True)
         ]
         latency = (time.perf_counter() - start) / max(len(images), 1)
-        return [Answer(a, latency) for a in answers]
+        return handed([Answer(a, latency) for a in answers], on_answer)
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """With no language model to read the prompt, sample s names the ImageNet labels ranked
         2s and 2s+1 nearest to the prompt's class in MiniLM space, in a sentence frame that follows
@@ -262,7 +272,7 @@ class LabelDescriber:
             frame = _FRAMES[(asked.index(prompt) if prompt in asked else 0) % len(_FRAMES)]
             a, b = (IMAGENET_CLASSNAMES[i] for i in ranked[c][2 * sample : 2 * sample + 2])
             out.append(Answer(frame.format(c=c, a=a, b=b)))
-        return out
+        return handed(out, on_answer)
 
 
 def _label_embeddings(text: MiniLM) -> np.ndarray:

@@ -45,8 +45,9 @@ from urllib.parse import urlsplit
 import openai
 from PIL import Image
 
-from backends.base import Answer, DescriberUnavailable, sample_seed
+from backends.base import Answer, AnswerSink, DescriberUnavailable, sample_seed
 from backends.inflight import BudgetedHttpClient, budget_for, next_batch, queued_as
+from backends.openai_errors import MAX_ERROR_CHARS, out_of_quota, rejects, server_message
 from core.settings import (
     OPENAI_API_KEY,
     OPENAI_BASE_URL,
@@ -66,9 +67,9 @@ DEFAULT_CONCURRENCY = int(str(OPENAI_CONCURRENCY.default))
 GREEDY_TEMPERATURE = 0.0
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
 TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
-_MAX_ERROR_CHARS = 300
 
 T = TypeVar("T")
+Sink = AnswerSink | None
 
 
 def endpoint_identity(base_url: str | None) -> str:
@@ -152,38 +153,6 @@ def text_message(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
-def _rejects(exc: openai.APIStatusError, param: str) -> bool:
-    """A 400/422 saying this parameter (or its value) is not supported by the model."""
-    if exc.status_code not in (400, 422):
-        return False
-    message = _server_message(exc).lower()
-    named = getattr(exc, "param", None) == param or param in message
-    refused = any(
-        w in message for w in ("unsupported", "not supported", "does not support", "only the default")
-    )
-    if param == "max_tokens":
-        refused = refused or "max_completion_tokens" in message
-    return named and refused
-
-
-# Error codes and types of a spent quota, credit or budget (OpenAI, LiteLLM, OpenRouter, ...), sent
-# with 429, 402, 400 or 403 depending on the server: never an answer, whatever the status.
-QUOTA_WORDS = ("insufficient_quota", "quota_exceeded", "budget_exceeded", "insufficient_credits", "billing")
-
-
-def _out_of_quota(exc: openai.APIStatusError) -> bool:
-    named = f"{getattr(exc, 'code', '')} {getattr(exc, 'type', '')} {_server_message(exc)}".lower()
-    return any(word in named for word in QUOTA_WORDS)
-
-
-def _server_message(exc: openai.APIStatusError) -> str:
-    """The server's own words ('error.message' where it follows OpenAI's shape), short."""
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"][:_MAX_ERROR_CHARS]
-    return str(body if body is not None else exc.message)[:_MAX_ERROR_CHARS]
-
-
 class OpenAIDescriber:
     """Each image (or class-description sample) is its own request, so one failure costs one answer.
 
@@ -241,26 +210,37 @@ class OpenAIDescriber:
     def _responses_here(self) -> int:
         return getattr(self._thread, "responses", 0)
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
-        return self._map(lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images)
+    def describe(self, images: Sequence[Image.Image], prompt: str, on_answer: Sink = None) -> list[Answer]:
+        return self._map(
+            lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images, on_answer
+        )
 
     def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: Sink = None,
     ) -> list[Answer]:
         """The server reads each prompt, which already lists its classes."""
         pairs = list(zip(images, prompts, strict=True))
-        return self._map(lambda pair: self._ask(image_message(*pair), GREEDY_TEMPERATURE), pairs)
+        return self._map(lambda pair: self._ask(image_message(*pair), GREEDY_TEMPERATURE), pairs, on_answer)
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str] = ()
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str] = (),
+        on_answer: Sink = None,
     ) -> list[Answer]:
         """One request per (prompt, sample), seeded by `sample_seed` (many servers ignore `n`)."""
         jobs = list(zip(prompts, samples, strict=True))
         return self._map(
-            lambda job: self._ask(text_message(job[0]), CLASS_TEMPERATURE, sample_seed(*job)), jobs
+            lambda job: self._ask(text_message(job[0]), CLASS_TEMPERATURE, sample_seed(*job)), jobs, on_answer
         )
 
-    def _map(self, fn: Callable[[T], Answer], items: Sequence[T]) -> list[Answer]:
+    def _map(self, fn: Callable[[T], Answer], items: Sequence[T], on_answer: Sink) -> list[Answer]:
+        """Each item's answer, also handed to `on_answer` as soon as it arrives."""
         self._raise_if_unavailable()
         if not items:
             return []
@@ -270,7 +250,10 @@ class OpenAIDescriber:
         def counted(i: int, item: T) -> tuple[Answer, int]:  # the responses this item got, on its pool thread
             with queued_as(batch, i):
                 before = self._responses_here()
-                return fn(item), self._responses_here() - before
+                answer = fn(item)
+                if on_answer is not None:
+                    on_answer(i, answer)
+                return answer, self._responses_here() - before
 
         # One thread per item; the budget decides how many are on the wire.
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
@@ -321,10 +304,10 @@ class OpenAIDescriber:
         when the request is worth sending again (also when another thread switched meanwhile)."""
         with self._lock:
             self._reached = True
-            if "max_tokens" in request and _rejects(exc, "max_tokens"):
+            if "max_tokens" in request and rejects(exc, "max_tokens"):
                 self._token_param = "max_completion_tokens"
                 return True
-            if "temperature" in request and _rejects(exc, "temperature"):
+            if "temperature" in request and rejects(exc, "temperature"):
                 self._send_temperature = False
                 return True
         return False
@@ -363,7 +346,7 @@ class OpenAIDescriber:
     def _failure(self, exc: Exception, latency: float) -> Answer:
         """An item's answer for a failed request, or `DescriberUnavailable` for the describer's."""
         if isinstance(exc, openai.APIStatusError):
-            status, reason = exc.status_code, _server_message(exc)
+            status, reason = exc.status_code, server_message(exc)
             if isinstance(exc, openai.AuthenticationError):
                 raise self._fail(
                     f"the server refused the API key ({status}: {reason})", "check OPENAI_API_KEY"
@@ -372,7 +355,7 @@ class OpenAIDescriber:
                 raise self._fail(f"permission denied ({status}: {reason})", "check OPENAI_API_KEY's access")
             if isinstance(exc, openai.NotFoundError):
                 raise self._fail(f"not found ({status}: {reason})", "check the model id and OPENAI_BASE_URL")
-            if status == 402 or _out_of_quota(exc):
+            if status == 402 or out_of_quota(exc):
                 raise self._fail(
                     f"quota or credit exhausted ({status}: {reason})", "check the plan and billing"
                 )
@@ -412,4 +395,4 @@ class OpenAIDescriber:
     def _error_text(self, exc: Exception) -> str:
         """'ExcType: message', short, one line, with the key scrubbed in case a server echoed it."""
         message = " ".join(self._scrub(f"{type(exc).__name__}: {exc}").split())
-        return message[:_MAX_ERROR_CHARS]
+        return message[:MAX_ERROR_CHARS]

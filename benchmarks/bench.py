@@ -19,6 +19,9 @@ Sections (issue "Performance"; results and the machine they ran on go in docs/BE
   linear in rows);
 - offline: the offline encoder's images/s through `encode_images` against its raw forward passes,
   at several batch sizes, with and without channels_last (benchmarks.offline_trials tries more);
+- remote_bytes: bytes downloaded from the hub stand-in by a `--limit` trial, a full run and a second
+  full run of a 4-shard `wds:` copy and a Parquet export of 1,000 images of 10 kB or more (targets:
+  <= 0.25x, <= 1.1x, <= 0.05x the copy); benchmarks/remote_bytes.py;
 - sampler: the seeded class-description sampler's time per decoding step against plain multinomial
   sampling at batch 16 with a 262k vocabulary (target: <= 1.5x), on the CPU and on a GPU if any;
 - startup: `wdys query` / bare duckdb (<= 2x), a cached `wdys run` outside its flow / a trivial
@@ -42,6 +45,7 @@ import torch
 
 from benchmarks.clip_figure import compare as clip_compare
 from benchmarks.figures import run_flow_process, verdict
+from benchmarks.remote_bytes import figure as remote_bytes_figure
 from benchmarks.served import figure as served_figure
 from benchmarks.startup import startup
 from core.settings import COMMAND_LINE, apply_defaults
@@ -361,6 +365,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "queries": lambda a: queries(),
     "offline": lambda a: offline(),
     "sampler": lambda a: sampler(),
+    "remote_bytes": lambda a: remote_bytes_figure(),
     "startup": lambda a: startup(a.startup_runs),
 }
 

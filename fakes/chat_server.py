@@ -39,6 +39,11 @@ MAX_TOKENS_ERROR = {
     "param": "max_tokens",
     "code": "unsupported_parameter",
 }
+QUOTA_ERROR = {
+    "message": "You exceeded your current quota, please check your plan and billing details.",
+    "type": "insufficient_quota",
+    "code": "insufficient_quota",
+}
 TEMPERATURE_ERROR = {
     "message": "Unsupported value: 'temperature' does not support 0 with this model. "
     "Only the default (1) value is supported.",
@@ -69,6 +74,8 @@ class FakeChatServer(ThreadingHTTPServer):
         self.capacity_headers: dict[str, str] = {}  # sent with those 429s (e.g. Retry-After)
         self.overloaded = 0  # 429s sent for capacity
         self.spans: list[tuple[float, float]] = []  # (arrival, reply) of every request answered 200
+        self.quota: int | None = None  # the key's credit: 402 insufficient_quota once this many are answered
+        self.answered = 0  # requests answered 200
 
     @property
     def base_url(self) -> str:
@@ -112,6 +119,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             if self._answer(body) == 200:
                 with srv.lock:
                     srv.spans.append((arrival, time.monotonic()))
+                    srv.answered += 1
         finally:
             with srv.lock:
                 srv.in_flight -= 1
@@ -138,6 +146,10 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(
                 srv.status, {"error": {"message": srv.message, "code": srv.message.split(":")[0]}}
             )
+        with srv.lock:
+            spent = srv.quota is not None and srv.answered >= srv.quota
+        if spent:
+            return self._send(402, {"error": QUOTA_ERROR})
         if srv.reject_max_tokens and "max_tokens" in body:
             return self._send(400, {"error": MAX_TOKENS_ERROR})
         if srv.reject_temperature and "temperature" in body:

@@ -137,7 +137,7 @@ def benchmark(
     class_samples: Positive | None = None,
     shortlist: Positive | None = None,
 ) -> dict:
-    """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
+    """Zero-shot classification with multimodal-LLM descriptions, every component combination and weighting.
 
     Args:
         datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>` /
@@ -175,15 +175,7 @@ def benchmark(
     check_shortlist(shortlist, plans)
     run = stages.Run(root, RunProgress.for_this_run())  # counts the tasks it submits, stage by stage
     for plan in plans:
-        manifests = stages.ingest(run, plan)
-        answers, images = stages.answer(run, plan, manifests, answerers, encoders)
-        class_answers = stages.describe_classes_of(run, plan, answerers, class_weights)
-        for encoder in encoders:
-            weights = stages.class_weights(run, plan, encoder, answerers, class_weights, class_answers)
-            for answerer in answerers:
-                shards = manifests, images[encoder]
-                texts = stages.embed_answers(run, plan, encoder, answerer, *shards, answers, weights)
-                stages.classify(run, plan, encoder, answerer, class_weights, *shards, texts, weights)
+        stages.every_stage(run, plan, encoders, answerers, class_weights)
     results = run.progress.wait(run.futures)
     selections, names = [p.selection for p in plans], [p.class_names for p in plans]
     record_keys(root, selections, names, encoders, [s for s in answerers if s], class_weights)

@@ -175,7 +175,7 @@ def classify(
     texts: dict[AnswerKind, Futures],
     weights: dict[tuple[str, MaybeAnswerer], PrefectFuture],
 ) -> None:
-    """Every component subset of every shard under each weighting (image-only without an answerer)."""
+    """Every component combination of every shard under each weighting (the image alone, no answerer)."""
     for weighting in weightings:
         if answerer is None and weighting in NEEDS_DESCRIPTIONS:
             continue
@@ -184,3 +184,19 @@ def classify(
             read = (manifests[s], image, weighted, {kind: t[s] for kind, t in texts.items()})
             run.submit(classify_shard, run.root, plan.shard(s), encoder, answerer, weighting, *read)
         run.runs.append(run_keys(plan.selection, plan.class_names, encoder, answerer, weighting))
+
+
+def every_stage(
+    run: Run, plan: ShardPlan, encoders: list[str], answerers: list[Answerer | None], weightings: list[str]
+) -> None:
+    """Submit every stage's tasks for one dataset split, each stage fed by the futures of the one
+    before: ingest -> describe and embed images -> class weights -> embed answers -> classify."""
+    manifests = ingest(run, plan)
+    answers, images = answer(run, plan, manifests, answerers, encoders)
+    class_answers = describe_classes_of(run, plan, answerers, weightings)
+    for encoder in encoders:
+        weights = class_weights(run, plan, encoder, answerers, weightings, class_answers)
+        for answerer in answerers:
+            shards = manifests, images[encoder]
+            texts = embed_answers(run, plan, encoder, answerer, *shards, answers, weights)
+            classify(run, plan, encoder, answerer, weightings, *shards, texts, weights)

@@ -1,9 +1,10 @@
 """The DuckDB catalog: `<root>/wdys.duckdb` holds one view per Parquet table plus `metrics`.
 
 The views read the shards in place (hive partitions become columns), so the file stays small and
-is always current; the plain `duckdb` command line can open it. Object-store roots are read through
-the fsspec filesystem registered on the connection (`storage.connection`), since DuckDB's httpfs
-cannot be installed here.
+is always current; the plain `duckdb` command line can open it. On an object-store root the views
+name the shards by their own URLs (`s3://bucket/...`): in Python they are read through the fsspec
+filesystem registered on the connection (DuckDB's httpfs cannot be installed here), in the plain
+`duckdb` command line through httpfs, on the catalog copied to `<root>/wdys.duckdb`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import uuid
 from collections.abc import Sequence
 
 import duckdb
+import fsspec
 import pyarrow as pa
 
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
 from storage.connection import catalog_file, connect
-from storage.paths import table_glob
+from storage.leaderboard import create_leaderboard_view
+from storage.paths import catalog_path, is_local, table_glob
 from storage.reference import published_sql
 from storage.schemas import RUN_KEYS, TABLES
 
@@ -148,6 +151,7 @@ def create_views(
     made += create_analysis_views(con, made, registered)
     con.execute(published_sql())
     made.append("published_baselines")
+    made += create_leaderboard_view(con, made)
     return made
 
 
@@ -167,7 +171,9 @@ def create_empty_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
 
 
 def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
-    """(Re)write the root's catalog file (`storage.connection.catalog_file`)."""
+    """(Re)write `<root>/wdys.duckdb`. For object-store roots the file is made in a local cache
+    folder ($WDYS_CATALOG_DIR, default ./.wdys), where `wdys query` opens it (DuckDB writes no
+    database on S3), then copied to the root (`publish_catalog`); returns the local path."""
     path = catalog_file(root)
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
@@ -182,4 +188,16 @@ def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
         for leftover in (tmp, tmp + ".wal"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+    if not is_local(root):
+        publish_catalog(path, root)
     return path
+
+
+def publish_catalog(path: str, root: str) -> None:
+    """Copy the finished catalog to `<root>/wdys.duckdb` beside the results, so that anyone with
+    read access to the bucket can attach it read-only: its views name the shards by their URLs
+    (`s3://...`), which DuckDB's httpfs reads as they are, and our registered fsspec filesystem too.
+    One upload (a single PUT, or a multipart upload completed at once): a reader sees the previous
+    catalog or this one, never a part."""
+    fs, target = fsspec.core.url_to_fs(catalog_path(root))
+    fs.put_file(path, target)

@@ -302,7 +302,8 @@ def stored_answers(root: Path) -> list[dict]:
 def test_quota_running_out_mid_shard_stores_nothing_of_that_shard(prefect_server, fault_server, tmp_path):
     """The key's credit runs out after 12 answers (402 insufficient_quota for every later request):
     the run fails with the reason, no published shard holds a quota error and the half-done shards
-    are not published; the rerun, with credit again, asks every unanswered item and stores no error."""
+    are not published, their answers kept pending; the rerun, with credit again, asks exactly the
+    items never answered and stores no error."""
     from backends import registry
 
     fault_server.quota = 12
@@ -326,5 +327,8 @@ def test_quota_running_out_mid_shard_stores_nothing_of_that_shard(prefect_server
 
     stored = stored_answers(root)
     assert len(stored) == 2 * 16 and all(r["error"] is None and r["text"] for r in stored)
-    assert sum(fault_server.answered.values()) - answered_before == 2 * 16 - len(first)
+    # the answers got before the credit ran out were kept (in the pending files): the rerun asks
+    # exactly the total minus those, nothing twice
+    assert answered_before == 12 and sum(fault_server.answered.values()) - answered_before == 2 * 16 - 12
+    assert max(fault_server.answered.values()) == 1
     assert all(r["excluded"] == 0 for r in result["metrics"]) and error_rows(root) == 0
