@@ -22,7 +22,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DOCUMENTED = (
     "manifest", "descriptions", "image_embeddings", "text_embeddings", "class_descriptions",
     "class_weights", "predictions", "metrics", "gains", "per_class", "confusion", "describer_cost",
-    "errors", "exclusions", "benchmarks", "keys", "models", "pending",
+    "errors", "exclusions", "benchmarks", "keys", "models", "pending", "leaderboard",
 )  # fmt: skip
 BROKEN = [1, 4]
 
