@@ -23,7 +23,9 @@ Sections (issue "Performance"; results and the machine they ran on go in docs/BE
   full run of a 4-shard `wds:` copy and a Parquet export of 1,000 images of 10 kB or more (targets:
   <= 0.25x, <= 1.1x, <= 0.05x the copy); benchmarks/remote_bytes.py;
 - sampler: the seeded class-description sampler's time per decoding step against plain multinomial
-  sampling at batch 16 with a 262k vocabulary (target: <= 1.5x), on the CPU and on a GPU if any.
+  sampling at batch 16 with a 262k vocabulary (target: <= 1.5x), on the CPU and on a GPU if any;
+- startup: `wdys query` / bare duckdb (<= 2x), a cached `wdys run` outside its flow / a trivial
+  Prefect flow (<= 1.5x); benchmarks/startup.py.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from benchmarks.clip_figure import compare as clip_compare
 from benchmarks.figures import run_flow_process, verdict
 from benchmarks.remote_bytes import figure as remote_bytes_figure
 from benchmarks.served import figure as served_figure
+from benchmarks.startup import startup
 from core.settings import COMMAND_LINE, apply_defaults
 
 apply_defaults(COMMAND_LINE)  # the command line's offline Prefect settings
@@ -363,6 +366,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "offline": lambda a: offline(),
     "sampler": lambda a: sampler(),
     "remote_bytes": lambda a: remote_bytes_figure(),
+    "startup": lambda a: startup(a.startup_runs),
 }
 
 
@@ -379,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--describer-images", type=int, default=16)
     parser.add_argument("--describer-tokens", type=int, default=16, help="max_new_tokens of `describer`")
     parser.add_argument("--describer-on-cpu", action="store_true", help="run `describer` without a GPU")
+    parser.add_argument("--startup-runs", type=int, default=3, help="alternating processes of each side")
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
     figures = []

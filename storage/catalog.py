@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import duckdb
 import fsspec
+import pyarrow as pa
 
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
 from storage.connection import catalog_file, connect
@@ -130,39 +131,43 @@ _lock = threading.Lock()
 def create_views(
     con: duckdb.DuckDBPyConnection, root: str, registered: Sequence[Registered] = ()
 ) -> list[str]:
-    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics
-    and the analysis views of `storage.analysis` (gains, per_class, confusion, ...).
+    """A view per table (DuckDB binds a glob when the view is made; a table without shards yet is
+    an empty view of its columns), then metrics and the analysis views of `storage.analysis` (gains,
+    per_class, confusion, ...): every view docs/querying.md names is in every root's catalog.
     The shards are listed by the connection itself, through the filesystem its views read.
     `registered`: (name, evaluation split, classes) of the registered benchmarks, for `benchmarks`."""
-    made = []
     for name in TABLES:
         glob = table_glob(root, name)
         if not con.execute("select file from glob(?) limit 1", [glob]).fetchall():
+            create_empty_view(con, name)
             continue
         con.execute(
             f"create or replace view {name} as select * from read_parquet('{glob}', "
             "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
         )
-        made.append(name)
-    if "key_values" in made:
-        con.execute(KEYS_SQL)
-        con.execute(MODELS_SQL)
-        made += ["keys", "models"]
-    if {"image_embeddings", "descriptions", "manifest"} <= set(made):
-        con.execute(errors_sql("keys" in made))
-        made.append("errors")
-    if "predictions" in made:
-        con.execute(METRICS_SQL)
-        made.append("metrics")
-        if "errors" in made:
-            con.execute(EXCLUSIONS_SQL)
-            made.append("exclusions")
+    for sql in (KEYS_SQL, MODELS_SQL, errors_sql(True), METRICS_SQL, EXCLUSIONS_SQL):
+        con.execute(sql)
+    made = [*TABLES, "keys", "models", "errors", "metrics", "exclusions"]
     made += create_analysis_views(con, made, registered)
-    if "metrics" in made:
-        con.execute(published_sql())
-        made.append("published_baselines")
+    con.execute(published_sql())
+    made.append("published_baselines")
     made += create_leaderboard_view(con, made)
     return made
+
+
+def create_empty_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """A table that nothing fed yet (no describer ran, say): a view with the columns its shards will
+    have (hive keys and `v` as text, as the shards' views read them) and no rows, so that a query
+    naming it answers instead of failing."""
+    spec = TABLES[name]
+    keys = [pa.field(k, pa.string()) for k in (*spec.partition_keys, "v")]
+    con.register("wdys_empty", pa.schema([*spec.columns, *keys]).empty_table())
+    try:
+        columns = con.execute("select column_name, column_type from (describe wdys_empty)").fetchall()
+    finally:
+        con.unregister("wdys_empty")
+    nulls = ", ".join(f'null::{kind} as "{column}"' for column, kind in columns)
+    con.execute(f"create or replace view {name} as select {nulls} where false")
 
 
 def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:

@@ -28,12 +28,20 @@ def main(argv: list[str] | None = None) -> None:
         create_pending_view(con, root)
         try:
             con.sql(args.sql).show(max_rows=10_000, max_width=10_000)
-        except duckdb.CatalogException:
+        except duckdb.CatalogException as exc:
             if made:
-                raise
+                raise UserError(one_line(exc)) from None
             raise UserError(
                 f"no catalog at {database}: run the benchmark first (make run, or wdys run)"
             ) from None
+        except duckdb.ProgrammingError as exc:  # a mistake in the SQL: DuckDB's message says which
+            raise UserError(one_line(exc)) from None
+
+
+def one_line(exc: Exception) -> str:
+    """DuckDB's message on one line, as its command line prints it, without the query excerpt."""
+    lines = str(exc).split("\nLINE ", 1)[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
 
 
 if __name__ == "__main__":
