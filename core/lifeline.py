@@ -4,7 +4,8 @@ Prefect's temporary server is a child process that Prefect stops at exit; a run 
 (or by the out-of-memory killer) has no exit, and its server used to stay behind with no parent.
 So each run starts this watchdog first, as its child: when its parent changes (the run ended,
 whatever way) it stops every process that carries the run's token in its environment (the server,
-Dask's local workers, anything else the run started). The watchdog runs in its own session, so a
+Dask's local workers, the `vllm serve` processes of `vllm:` describers and their engine processes,
+anything else the run started: each inherits the token). The watchdog runs in its own session, so a
 Ctrl-C at the terminal reaches the run, not it. Linux only (it reads /proc); elsewhere it does
 nothing.
 

@@ -184,6 +184,48 @@ OPENAI_EXTRA_BODY = _declare(
     " the cache key, so no secrets",
 )
 
+# A describer whose server the run starts (`vllm:`).
+VLLM = _declare(
+    "WDYS_VLLM",
+    "path",
+    None,
+    "the `vllm` executable of `vllm:` describers (another venv, a container wrapper); default"
+    " `.venv-vllm/bin/vllm` in the checkout (`make vllm`)",
+)
+VLLM_ARGS = _declare(
+    "WDYS_VLLM_ARGS",
+    "flags",
+    None,
+    "more `vllm serve` flags, e.g. `--dtype bfloat16 --max-model-len 8192 --seed 0`; those that change"
+    " answers (dtype, quantization, context length, seed, images per prompt, ...) join the cache key",
+)
+VLLM_GPU_SHARE = _declare(
+    "WDYS_VLLM_GPU_SHARE",
+    "fraction",
+    "0.75",
+    "the GPU memory share of a `vllm:` server (`--gpu-memory-utilization`); the rest is left for the run's"
+    " CLIP encoder",
+)
+VLLM_START_TIMEOUT_S = _declare(
+    "WDYS_VLLM_START_TIMEOUT_S",
+    "seconds",
+    "1800",
+    "how long a `vllm:` server may take to answer (weights download and load) before the run fails",
+)
+VLLM_BATCH_INVARIANT = _declare(
+    "VLLM_BATCH_INVARIANT",
+    "flag",
+    None,
+    "vLLM's own: `1` makes a `vllm:` server's answers independent of how requests are batched (slower;"
+    " docs/protocol.md); part of the cache key",
+)
+VLLM_LOG_DIR = _declare(
+    "WDYS_VLLM_LOG_DIR",
+    "path",
+    None,
+    "where each `vllm:` server's log is written; default `wdys-vllm` in the temporary folder",
+)
+
 # Hugging Face's own, read where the code must know them before huggingface_hub does.
 HF_HUB_OFFLINE = _declare("HF_HUB_OFFLINE", "flag", None, "`1`: models load from the Hugging Face cache only")
 HF_HUB_CACHE = _declare(
@@ -258,6 +300,12 @@ LOCAL = OFFLINE | {
 # A command-line run (`wdys`, `python -m flows.benchmark`): also hides the temporary server's
 # spurious errors when it shuts down.
 COMMAND_LINE = LOCAL | {"PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL"}
+
+
+def child_environment(changes: dict[str, str]) -> dict[str, str]:
+    """This process's environment with `changes`: for a child process (a `vllm serve`) that must
+    inherit everything, the run's watchdog token included, and see a few values of its own."""
+    return {**os.environ, **changes}
 
 
 def apply_defaults(defaults: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ running this checkout.
 | benchmark/quick          | CIFAR-10 dev with the offline profile: runs on any machine             |
 | benchmark/quick-dask     | the same with shard tasks on Dask ($WDYS_DASK_ADDRESS or a local one) |
 | benchmark/paper          | the paper's setup: CLIP ViT-L-14 `openai` + an open VLM describer      |
+|                          | (`vllm:` where the deploying machine has vLLM, else `hf:`)             |
 | benchmark/nightly        | the paper's setup, nightly at 03:00 UTC                               |
 | watch-models/default     | hourly, and on every `wdys.model.registered` event                     |
 """
@@ -34,6 +35,7 @@ from prefect.flows import Flow
 from prefect.runner.storage import create_storage_from_source
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
+from backends.vllm_server import open_vlm
 from core import settings
 from core.errors import UserError
 from method.fusion import CLASS_WEIGHTINGS
@@ -55,6 +57,22 @@ PAPER = {
     "describers": ["hf:Qwen/Qwen2-VL-7B-Instruct"],
     "class_weights": list(CLASS_WEIGHTINGS),
 }
+
+
+def paper_setup() -> tuple[dict, str]:
+    """The paper's parameters with the describer on vLLM (`vllm:`) where this machine has it
+    (`.venv-vllm` from `make vllm`, or $WDYS_VLLM), on transformers (`hf:`) otherwise; and the
+    deployment's description, which says which and why."""
+    describers = [open_vlm(d) for d in PAPER["describers"]]
+    engine = (
+        "vLLM (`vllm:`, a server the run starts: .venv-vllm or $WDYS_VLLM was found where this was deployed)"
+        if describers != PAPER["describers"]
+        else "transformers (`hf:`: no .venv-vllm or $WDYS_VLLM where this was deployed; `make vllm`, then"
+        " `make deploy` again, switches to `vllm:`)"
+    )
+    about = f"The paper's setup: CLIP ViT-L-14 `openai` + Qwen2-VL-7B-Instruct on {engine}."
+    return {**PAPER, "describers": describers}, about
+
 
 JOB_ENV = {
     settings.GPU_LIMIT.name: GPU_LIMIT,  # model compute takes a slot of its device's limit, strictly
@@ -105,13 +123,21 @@ def _definitions(schedules: bool, job: dict[str, object]) -> list:
     on_dask = source("flows/benchmark.py:benchmark_on_dask")
     watch = source("flows/watch_models.py:watch_models")
     nightly, hourly = ("0 3 * * *", "0 * * * *") if schedules else (None, None)
+    paper, about = paper_setup()
     return [
         benchmark.to_deployment("quick", parameters=QUICK, job_variables=job, tags=["wdys", "quick"]),
         on_dask.to_deployment("quick-dask", parameters=QUICK, job_variables=job, tags=["wdys", "dask"]),
-        benchmark.to_deployment("paper", parameters=PAPER, job_variables=job, tags=["wdys", "paper"]),
         benchmark.to_deployment(
-            "nightly", parameters=PAPER, job_variables=job, cron=nightly, tags=["wdys", "paper"]
+            "paper", parameters=paper, description=about, job_variables=job, tags=["wdys", "paper"]
         ),
+        benchmark.to_deployment(
+            "nightly",
+            parameters=paper,
+            description=f"Nightly at 03:00 UTC. {about}",
+            job_variables=job,
+            cron=nightly,
+            tags=["wdys", "paper"],
+        ),  # fmt: skip
         watch.to_deployment(
             "default",
             job_variables=job,

@@ -17,13 +17,15 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
 from PIL import Image
 
-from backends.base import Answer
-from backends.openai_describer import OpenAIDescriber
+if TYPE_CHECKING:  # light imports: fakes/vllm serves this in a process of its own
+    import pytest
+
+    from backends.base import Answer
+    from backends.openai_describer import OpenAIDescriber
 
 SENTINEL_KEY = "sk-test-SENTINEL-3f9a1c"
 FAIL_SIZE = (13, 7)  # the server answers 500 to every request carrying an image of this size
@@ -58,8 +60,8 @@ class FakeChatServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the listen backlog, set at bind: many clients may connect at once
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), ChatHandler)
+    def __init__(self, port: int = 0, handler: type[BaseHTTPRequestHandler] | None = None) -> None:
+        super().__init__(("127.0.0.1", port), handler or ChatHandler)
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.seen: Counter[str] = Counter()
@@ -218,6 +220,8 @@ def serving(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeChatServer]:
 
 def load(max_new_tokens: int = 77) -> OpenAIDescriber:
     """Env is read at load; a direct load sidesteps the registry's per-id cache."""
+    from backends.openai_describer import OpenAIDescriber
+
     return OpenAIDescriber.load(f"test-vlm-{uuid.uuid4().hex[:8]}", max_new_tokens=max_new_tokens)
 
 

@@ -32,6 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
+from backends.vllm_server import stop_servers
 from core.errors import BadParameter, UserError
 from flows import stages
 from flows.cli import add_flow_parameters, argument
@@ -122,7 +123,18 @@ Positive = Annotated[int, Field(ge=1)]
 Names = Annotated[list[str], Field(min_length=1)]
 
 
-@flow(name="benchmark", task_runner=ThreadsFromSettings())
+# The `vllm:` servers a run started stop when it ends, however it ends (backends/vllm_server.py).
+_END = [stop_servers]
+
+
+@flow(
+    name="benchmark",
+    task_runner=ThreadsFromSettings(),
+    on_completion=_END,
+    on_failure=_END,
+    on_crashed=_END,
+    on_cancellation=_END,
+)
 def benchmark(
     datasets: Names = ["cifar10"],  # noqa: B006 - Prefect parameters need literal defaults
     splits: Names = ["dev"],  # noqa: B006
@@ -144,9 +156,10 @@ def benchmark(
             `wds:<path|URL>`.
         splits: dataset splits, e.g. `dev`, `test`.
         encoders: `open_clip:<arch>/<pretrained>` or `offline:conse-lite0-minilm`.
-        describers: `hf:<repo|dir>`, `openai:<model>` or `offline:lite2-labels`; none (`[]`) runs
-            the image-only zero-shot baseline alone. Default: the offline stand-in, with offline
-            encoders only (a real encoder needs an explicit describer).
+        describers: `hf:<repo|dir>`, `vllm:<repo|dir>` (a vLLM server the run starts),
+            `openai:<model>` or `offline:lite2-labels`; none (`[]`) runs the image-only zero-shot
+            baseline alone. Default: the offline stand-in, with offline encoders only (a real
+            encoder needs an explicit describer).
         class_weights: any of name, template, templates, descriptions, sum (without a describer,
             descriptions and sum are skipped).
         root: storage root, any fsspec URL (default $WDYS_ROOT, else ./data).

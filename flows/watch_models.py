@@ -4,10 +4,13 @@ It reads the versioned model registry (deployments/models.toml), asks DuckDB whi
 encoder, describer) combinations have no results yet, and starts one `benchmark` deployment run for
 them, with an idempotency key so that a second watch run starts nothing while (or after) that one
 runs. Combinations already evaluated that fall inside the run's cross product are read from cache.
+An open VLM registered as `hf:` runs as `vllm:` where the worker has vLLM (`.venv-vllm` or
+$WDYS_VLLM), as `hf:` elsewhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 
+from backends.vllm_server import open_vlm
 from method.prompts import content_hash
 from sources.registry import list_benchmarks
 from storage.catalog import connect, refresh_catalog
@@ -102,6 +106,10 @@ def watch_models(
     logger = get_run_logger()
     root = resolve_root(root)
     registry = read_registry(REPO / registry_path, extra_models or [])
+    # open VLMs on vLLM where this worker has it (.venv-vllm or $WDYS_VLLM), else on transformers
+    registry = dataclasses.replace(
+        registry, describers=list(dict.fromkeys(map(open_vlm, registry.describers)))
+    )
     missing = missing_combinations(registry, evaluated_combinations(root))
     if not missing:
         logger.info("every registered combination has results")
