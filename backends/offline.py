@@ -34,7 +34,7 @@ from method.prompts import class_description_prompts
 
 _REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
 # channels_last and batches of 16 made Lite0's CPU forward 2.2x faster than contiguous batches of
-# 64 on 2 cores (docs/BENCHMARKS.md, `python -m benchmarks.bench --only offline`).
+# 64 on 2 cores (docs/BENCHMARKS.md, `python -m perf.bench --only offline`).
 BATCH_SIZE = 16
 
 
@@ -79,7 +79,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold each BatchNorm of an eval-mode EfficientNet-Lite into the conv before it, and move a
     symmetric 'same' padding into the conv: the same function (probabilities within 4e-6, top-10
     labels identical on 256 CIFAR-10 images), 1.7-1.9x faster on 2 cores
-    (`python -m benchmarks.offline_trials --only lite0 lite2`). Stride-2 convs pad one-sided and
+    (`python -m perf.offline_trials --only lite0 lite2`). Stride-2 convs pad one-sided and
     keep their explicit pad."""
     pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
     for block in model._blocks:

@@ -2,14 +2,14 @@
 bytes it sends while a `--limit` trial, a full run on a cold cache and a second full run read a
 multi-shard `wds:` copy with images of 10 kB or more, and the same images as a Parquet export. A
 run is the plan and one ingest per shard, each as a fresh worker process would read (no index or
-filesystem kept in memory; benchmarks/remote_bytes.py, whose figures `make bench` prints)."""
+filesystem kept in memory; perf/remote_bytes.py, whose figures `make bench` prints)."""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks.remote_bytes import run, runs, write_parquet_copy, write_wds_copy
 from core.guard import guarded
+from perf.remote_bytes import run, runs, write_parquet_copy, write_wds_copy
 from sources import remote
 from sources.fetch import main as fetch_main
 

@@ -1,4 +1,4 @@
-"""Start-up figures of `benchmarks.bench` (section `startup`), each the median of alternating cold
+"""Start-up figures of `perf.bench` (section `startup`), each the median of alternating cold
 processes of both sides:
 
 - `wdys query` on a small root / the same SQL through bare Python and duckdb on its catalog file
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.figures import verdict
+from perf.figures import verdict
 
 SQL = "select count(*) from predictions"
 BARE_QUERY = "import sys, duckdb; duckdb.connect(sys.argv[1], read_only=True).sql(sys.argv[2]).show()"

@@ -7,7 +7,7 @@ the 80 OpenAI ImageNet templates our `templates` weighting uses), so wall times 
 CLIP_benchmark lives in a venv of its own (`ensure_env`): it needs NumPy < 2 while our project pins
 NumPy 2, so this module never imports it and runs it as a subprocess only.
 
-    python -c "from benchmarks.clip_benchmark_peer import *; ..."
+    python -c "from perf.clip_benchmark_peer import *; ..."
 """
 
 from __future__ import annotations

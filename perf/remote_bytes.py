@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.figures import verdict
 from fakes.hub import FakeHub
+from perf.figures import verdict
 
 CLASSES = [f"class {i}" for i in range(10)]
 
