@@ -123,3 +123,23 @@ def test_no_server_survives_a_sigkilled_run(prefect_server, fake_vllm, tmp_path)
     while alive(server["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(server["pid"])
+
+
+def test_a_failed_start_fails_the_command_line_run_in_one_line(prefect_server, fake_vllm, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "FAKE_VLLM_FAIL_START": "unknown flag --bad",
+    }
+    command = [sys.executable, "-m", "flows.benchmark", "--describers", "vllm:org/bad-flags", "--limit", "4"]
+    command += ["--class-weights", "name", "--root", str(tmp_path / "root")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "exited with status 1 before it was ready" in errors[0]
+    assert "RuntimeError: unknown flag --bad" in errors[0] and str(tmp_path / "logs") in errors[0]
+    assert 'File "' not in done.stderr  # no traceback of the run's own (the server's is quoted, one line)
+    assert error_rows(tmp_path / "root") == [] and not any(alive(s["pid"]) for s in started(fake_vllm))
