@@ -63,7 +63,8 @@ def pick_describers(encoders: list[str], describers: list[str] | None) -> list[s
         return DEFAULT_DESCRIBERS
     raise UserError(
         "a real encoder needs a describer: pass --describers hf:<repo or dir> (a transformers VLM), "
-        "openai:<model> (an OpenAI-compatible server) or offline:lite2-labels (the offline stand-in), "
+        "vllm:<repo> (the same on a vLLM server the run starts), openai:<model> (an OpenAI-compatible "
+        "server) or offline:lite2-labels (the offline stand-in), "
         "or --image-only for the plain zero-shot baseline"
     )
 
