@@ -67,7 +67,7 @@ vllm: .venv-vllm/bin/vllm
 	.venv-vllm/bin/vllm --version
 
 bench: setup
-	$(BIN)/python -m benchmarks.bench $(ARGS)
+	$(BIN)/python -m perf.bench $(ARGS)
 
 query: setup
 	$(BIN)/python -m wdys query "$(SQL)"

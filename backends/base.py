@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +24,35 @@ class DescriberUnavailable(UserError):
     unreachable server, a model that does not load or runs out of memory. The task fails at once
     with this message (naming the server's reason and what to check), is not retried, and nothing
     of it is stored: storing it would turn a wrong key into plausible numbers, cached for good."""
+
+
+def current_run() -> str | None:
+    """The id of the Prefect flow run this call serves (None outside one)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_run = TaskRunContext.get()
+    if task_run is not None:
+        return str(task_run.task_run.flow_run_id)
+    flow_run = FlowRunContext.get()
+    return str(flow_run.flow_run.id) if flow_run is not None and flow_run.flow_run else None
+
+
+class RunFailure:
+    """A describer's failure as a whole, remembered for the run that met it alone (its later calls
+    fail at once, without a request): a long-lived process (a Dask worker) asks again in the next
+    run, which may come after the key, the quota or the server was fixed."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str | None, DescriberUnavailable] = {}
+
+    def remember(self, failure: DescriberUnavailable) -> DescriberUnavailable:
+        """The failure this run remembers: the first one it met."""
+        self._failures = {(run := current_run()): self._failures.get(run, failure)}
+        return self._failures[run]
+
+    def check(self) -> None:
+        if (failure := self._failures.get(current_run())) is not None:
+            raise failure
 
 
 def same_settings(model_id: str, keyed: Mapping[str, object], here: Mapping[str, object]) -> None:
@@ -58,6 +87,20 @@ class Answer:
     def final(self) -> bool:
         """A result to store: an answer, or a failure that asking again would not change."""
         return not self.retryable
+
+
+# Where a describer hands each answer as it arrives: (index of the item in the call, its answer). The
+# shard task saves what arrived (`tasks.answers.ShardAnswers`), so a run that fails or is killed
+# midway keeps every answer it got; the call still returns them all, in order.
+AnswerSink = Callable[[int, "Answer"], None]
+
+
+def handed(answers: list[Answer], on_answer: AnswerSink | None, first: int = 0) -> list[Answer]:
+    """Hand answers that arrived together (a batch from `first` on) to `on_answer`; returns them."""
+    if on_answer is not None:
+        for i, answer in enumerate(answers, start=first):
+            on_answer(i, answer)
+    return answers
 
 
 def sample_seed(prompt: str, sample: int) -> int:
@@ -112,12 +155,18 @@ class Describer(Protocol):
         without loading the model and makes it part of the cache key."""
         ...
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
+    def describe(
+        self, images: Sequence[Image.Image], prompt: str, on_answer: AnswerSink | None = None
+    ) -> list[Answer]:
         """Free-text description of each image."""
         ...
 
-    def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    def guess(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """Initial class guess per image, with a prompt per image (a shortlist lists different
         classes for each); `prompts[i]` already lists `class_names[i]` (backends that read prompts
@@ -125,12 +174,17 @@ class Describer(Protocol):
         ...
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """Text-only sampled answers (CuPL-style class descriptions), one per (prompts[i], samples[i]),
         each drawn with `sample_seed(prompts[i], samples[i])`, so that any subset can be asked again
         alone. `class_names[i]` is the class `prompts[i]` asks about (for stand-ins that cannot read).
 
         Every method raises `DescriberUnavailable` for a failure of the describer as a whole; a
-        failure of one item is that item's `Answer.error` (`retryable` when asking again may help)."""
+        failure of one item is that item's `Answer.error` (`retryable` when asking again may help).
+        Every method hands each answer to `on_answer` as soon as it has it (`AnswerSink`)."""
         ...

@@ -9,6 +9,7 @@ import os
 import torch
 
 from core import settings
+from core.errors import BadParameter
 
 
 def pick_device() -> torch.device:
@@ -16,7 +17,12 @@ def pick_device() -> torch.device:
     a GPU worker without a working CUDA setup would otherwise run its models on the CPU unnoticed."""
     wanted = settings.DEVICE.text()
     if wanted:
-        return torch.device(wanted)
+        try:
+            return torch.device(wanted)
+        except RuntimeError as exc:  # torch's message lists every device type it knows
+            raise BadParameter(
+                f"{settings.DEVICE.name} must be a torch device (cpu, cuda, cuda:1, ...), not {wanted!r}"
+            ) from exc
     if torch.cuda.is_available():
         return torch.device("cuda")
     _warn_cpu_fallback()

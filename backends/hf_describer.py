@@ -36,8 +36,8 @@ from transformers import (
     ProcessorMixin,
 )
 
-from backends import hf_resident
-from backends.base import Answer, DescriberUnavailable, same_settings, sample_seed
+from backends import base, hf_resident
+from backends.base import Answer, AnswerSink, DescriberUnavailable, RunFailure, handed, same_settings
 from backends.device import pick_device, pick_dtype
 from backends.hf_sampling import SeededGumbel, completion_length, eos_ids
 from backends.hf_spec import (
@@ -56,7 +56,8 @@ from method.prompts import MAX_NEW_TOKENS
 __all__ = ["HFDescriber", "settings_for"]
 
 _MAX_ERROR_CHARS = 300
-_load_failures: dict[str, DescriberUnavailable] = {}  # a model that did not load is not tried again
+# A model that did not load is not tried again in the same run (keyed by spec and flow run id).
+_load_failures: dict[tuple[str, str | None], DescriberUnavailable] = {}
 _auto_batches: dict[tuple[str, str], int] = {}  # the automatic batch size found per (model, device)
 
 
@@ -122,7 +123,7 @@ class HFDescriber:
         self._batch_size = found if batch_size is None else max(1, batch_size)
         self._settings = settings
         self._eos_ids = eos_ids(model)
-        self._unavailable: DescriberUnavailable | None = None
+        self._unavailable = RunFailure()
         # generate() is not safe to share between threads.
         self._lock = threading.Lock()
 
@@ -138,8 +139,8 @@ class HFDescriber:
         `keyed`: the settings a run's key holds (resolved on the flow's machine): the model loads at
         their revision, and a worker that would answer otherwise (another dtype on another device, a
         local dir edited since) refuses (`backends.base.same_settings`)."""
-        if spec in _load_failures:
-            raise _load_failures[spec]
+        if (failed := (spec, base.current_run())) in _load_failures:
+            raise _load_failures[failed]
         settings = settings_for(spec, max_new_tokens, str(keyed["revision"]) if keyed else None)
         if keyed is not None:
             same_settings(f"hf:{spec}", keyed, settings)
@@ -150,11 +151,11 @@ class HFDescriber:
                 describer = cls(spec, model, processor, max_new_tokens, size, settings)
                 hf_resident.loaded(describer)
         except DescriberUnavailable as exc:
-            _load_failures[spec] = exc
+            _load_failures[failed] = exc
             raise
         except Exception as exc:
-            _load_failures[spec] = _load_error(spec, exc)
-            raise _load_failures[spec] from exc
+            _load_failures[failed] = _load_error(spec, exc)
+            raise _load_failures[failed] from exc
         return describer
 
     @property
@@ -186,23 +187,33 @@ class HFDescriber:
     def settings(self) -> dict[str, object]:
         return dict(self._settings)
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
-        return self._answer_images(images, [prompt] * len(images))
-
-    def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    def describe(
+        self, images: Sequence[Image.Image], prompt: str, on_answer: AnswerSink | None = None
     ) -> list[Answer]:
-        return self._answer_images(images, prompts)  # each prompt already lists its class names
+        return self._answer_images(images, [prompt] * len(images), on_answer)
+
+    def guess(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: AnswerSink | None = None,
+    ) -> list[Answer]:
+        return self._answer_images(images, prompts, on_answer)  # each prompt already lists its classes
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str] = ()
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str] = (),
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """One sampled answer per (prompts[i], samples[i]), seeded by `sample_seed`: any subset,
         in any batch, gets the same answers."""
         if len(prompts) != len(samples):
             raise ValueError(f"{len(prompts)} prompts for {len(samples)} samples")
         texts = [self._render([{"type": "text", "text": p}]) for p in prompts]
-        seeds = [sample_seed(p, s) for p, s in zip(prompts, samples, strict=True)]
+        seeds = [base.sample_seed(p, s) for p, s in zip(prompts, samples, strict=True)]
 
         def inputs(rows: list[int]) -> BatchFeature:
             return self._tokenize([texts[i] for i in rows])
@@ -210,9 +221,11 @@ class HFDescriber:
         def sampler(rows: list[int]) -> dict[str, object]:
             return {"logits_processor": [SeededGumbel([seeds[i] for i in rows], CLASS_TEMPERATURE)]}
 
-        return self._run(len(prompts), inputs, sampler)
+        return self._run(len(prompts), inputs, sampler, on_answer)
 
-    def _answer_images(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Answer]:
+    def _answer_images(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], on_answer: AnswerSink | None
+    ) -> list[Answer]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         texts = [self._render([{"type": "image"}, {"type": "text", "text": p}]) for p in prompts]
@@ -220,15 +233,17 @@ class HFDescriber:
         def inputs(rows: list[int]) -> BatchFeature:
             return self._tokenize([texts[i] for i in rows], [[images[i].convert("RGB")] for i in rows])
 
-        return self._run(len(images), inputs, lambda rows: {})
+        return self._run(len(images), inputs, lambda rows: {}, on_answer)
 
     def _run(
         self,
         n: int,
         inputs: Callable[[list[int]], BatchFeature],
         extra: Callable[[list[int]], dict[str, object]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
-        """Batches of rows through `generate()`; a failed batch is retried row by row. Whether rows
+        """Batches of rows through `generate()`, each batch's answers handed to `on_answer` as it
+        ends; a failed batch is retried row by row. Whether rows
         that all failed say the model cannot answer at all is the shard's judgement
         (`tasks.answers.require_an_answer`): a retry of a few pending rows must not end the run."""
         self._raise_if_unavailable()
@@ -241,7 +256,7 @@ class HFDescriber:
                 start = 0
                 while start < n:
                     rows = list(range(start, min(n, start + self._batch_size)))
-                    answers.extend(self._run_rows(rows, inputs, extra))
+                    answers.extend(handed(self._run_rows(rows, inputs, extra), on_answer, start))
                     start += len(rows)
         return answers
 
@@ -255,11 +270,12 @@ class HFDescriber:
             return self._generate(inputs(rows), **extra(rows))
         except Exception as exc:
             if _device_fault(exc):
-                self._unavailable = DescriberUnavailable(
-                    f"hf describer {self._spec!r} on {self.device}: a device error that is not out of memory "
-                    f"({_one_line(exc)}); check the GPU and its driver (nvidia-smi), then rerun"
-                )
-                raise self._unavailable from exc
+                raise self._unavailable.remember(
+                    DescriberUnavailable(
+                        f"hf describer {self._spec!r} on {self.device}: a device error that is not out of "
+                        f"memory ({_one_line(exc)}); check the GPU and its driver (nvidia-smi), then rerun"
+                    )
+                ) from exc
             oom = _out_of_memory(exc)
             if oom and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -283,8 +299,7 @@ class HFDescriber:
         self._batch_size = min(self._batch_size, size)
 
     def _raise_if_unavailable(self) -> None:
-        if self._unavailable is not None:
-            raise self._unavailable
+        self._unavailable.check()
 
     def _render(self, content: list[dict[str, str]]) -> str:
         """A model whose chat template fails (a base model has none) cannot be asked anything."""
@@ -293,11 +308,12 @@ class HFDescriber:
         try:
             return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:
-            self._unavailable = DescriberUnavailable(
-                f"hf describer {self._spec!r}: its chat template cannot render a prompt ({_one_line(exc)}); "
-                "use an instruction-tuned VLM whose processor has a chat template"
-            )
-            raise self._unavailable from exc
+            raise self._unavailable.remember(
+                DescriberUnavailable(
+                    f"hf describer {self._spec!r}: its chat template cannot render a prompt "
+                    f"({_one_line(exc)}); use an instruction-tuned VLM whose processor has a chat template"
+                )
+            ) from exc
 
     def _tokenize(self, texts: list[str], images: list[list[Image.Image]] | None = None) -> BatchFeature:
         """The rendered template already holds the BOS where the model wants one (Gemma, SmolVLM):

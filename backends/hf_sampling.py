@@ -6,7 +6,7 @@ in the batch and on the batch size. Instead each row gets its own generator, see
 before the greedy argmax: argmax(logits / T + Gumbel) is an exact draw from softmax(logits / T) over
 the whole vocabulary (the Gumbel-max trick; no top-k, top-p 1), and row r's noise at step k depends
 only on its seed, k and the device type. The noise is drawn in float32 by generators on the scores'
-own device: no float64 draw on the CPU and no copy to the GPU at every step (benchmarks.bench
+own device: no float64 draw on the CPU and no copy to the GPU at every step (perf.bench
 `sampler` times it against plain multinomial sampling).
 """
 

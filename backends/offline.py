@@ -28,13 +28,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.transforms import v2 as T
 
-from backends.base import Answer, TextEmbeddings
-from method.prompts import MAX_NEW_TOKENS, class_description_prompts
+from backends.base import Answer, AnswerSink, TextEmbeddings, handed
+from backends.offline_spec import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS, TOP_K, settings_for
+from method.prompts import class_description_prompts
 
-TOP_K = 10
 _REMEMBERED = 16384  # images whose Lite2 output the describer keeps (4 KB each)
 # channels_last and batches of 16 made Lite0's CPU forward 2.2x faster than contiguous batches of
-# 64 on 2 cores (docs/BENCHMARKS.md, `python -m benchmarks.bench --only offline`).
+# 64 on 2 cores (docs/BENCHMARKS.md, `python -m perf.bench --only offline`).
 BATCH_SIZE = 16
 
 
@@ -79,7 +79,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold each BatchNorm of an eval-mode EfficientNet-Lite into the conv before it, and move a
     symmetric 'same' padding into the conv: the same function (probabilities within 4e-6, top-10
     labels identical on 256 CIFAR-10 images), 1.7-1.9x faster on 2 cores
-    (`python -m benchmarks.offline_trials --only lite0 lite2`). Stride-2 convs pad one-sided and
+    (`python -m perf.offline_trials --only lite0 lite2`). Stride-2 convs pad one-sided and
     keep their explicit pad."""
     pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
     for block in model._blocks:
@@ -195,7 +195,7 @@ class LabelDescriber:
     _recent: OrderedDict[bytes, np.ndarray] = field(default_factory=OrderedDict, repr=False)
 
     def _probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Lite2's output per image, remembered for the last few thousand images so that `predict`
+        """Lite2's output per image, remembered for the last few thousand images so that `guess`
         after `describe` on the same shard costs no second pass."""
         keys = [hashlib.sha1(im.tobytes() + repr(im.size).encode()).digest() for im in images]
         missing = [i for i, k in enumerate(keys) if k not in self._recent]
@@ -222,7 +222,9 @@ class LabelDescriber:
     def settings(self) -> dict[str, object]:
         return settings_for(self.model_id.removeprefix("offline:"))
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
+    def describe(
+        self, images: Sequence[Image.Image], prompt: str, on_answer: AnswerSink | None = None
+    ) -> list[Answer]:
         start = time.perf_counter()
         probs = self._probabilities(images)
         latency = (time.perf_counter() - start) / max(len(images), 1)
@@ -230,10 +232,14 @@ class LabelDescriber:
         for row in probs:
             a, b, c = (IMAGENET_CLASSNAMES[i] for i in np.argsort(-row)[:3])
             answers.append(Answer(f"A photo of a {a}, or perhaps a {b} or a {c}.", latency))
-        return answers
+        return handed(answers, on_answer)
 
-    def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    def guess(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """The guess is the listed class nearest to Lite2's ConSE vector of the image."""
         start = time.perf_counter()
@@ -243,10 +249,14 @@ class LabelDescriber:
             for query, names in zip(queries, class_names, strict=True)
         ]
         latency = (time.perf_counter() - start) / max(len(images), 1)
-        return [Answer(a, latency) for a in answers]
+        return handed([Answer(a, latency) for a in answers], on_answer)
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str],
+        on_answer: AnswerSink | None = None,
     ) -> list[Answer]:
         """With no language model to read the prompt, sample s names the ImageNet labels ranked
         2s and 2s+1 nearest to the prompt's class in MiniLM space, in a sentence frame that follows
@@ -262,24 +272,7 @@ class LabelDescriber:
             frame = _FRAMES[(asked.index(prompt) if prompt in asked else 0) % len(_FRAMES)]
             a, b = (IMAGENET_CLASSNAMES[i] for i in ranked[c][2 * sample : 2 * sample + 2])
             out.append(Answer(frame.format(c=c, a=a, b=b)))
-        return out
-
-
-# name -> the EfficientNet-Lite variant behind it; the second entries exist so that changing the
-# encoder or the describer can be exercised offline.
-OFFLINE_ENCODERS = {"conse-lite0-minilm": "lite0", "conse-lite2-minilm": "lite2"}
-OFFLINE_DESCRIBERS = {"lite2-labels": "lite2", "lite0-labels": "lite0"}
-
-
-def settings_for(spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, object]:
-    """What the stand-in's answers depend on (it generates no tokens: `max_new_tokens` is moot)."""
-    return {
-        "backend": "offline",
-        "model": spec,
-        "weights": OFFLINE_DESCRIBERS[spec],
-        "top_labels": 3,
-        "conse_k": TOP_K,
-    }
+        return handed(out, on_answer)
 
 
 def _label_embeddings(text: MiniLM) -> np.ndarray:

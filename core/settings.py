@@ -228,7 +228,13 @@ VLLM_LOG_DIR = _declare(
 
 # Hugging Face's own, read where the code must know them before huggingface_hub does.
 HF_HUB_OFFLINE = _declare("HF_HUB_OFFLINE", "flag", None, "`1`: models load from the Hugging Face cache only")
-HF_HUB_CACHE = _declare("HF_HUB_CACHE", "path", None, "the Hugging Face cache; default `$HF_HOME/hub`")
+HF_HUB_CACHE = _declare(
+    "HF_HUB_CACHE",
+    "path",
+    None,
+    "the Hugging Face cache, also of the remote dataset bytes wdys reads (`sources.remote`); default "
+    "`$HF_HOME/hub` (the bytes: `$WDYS_DATA_DIR/.cache/hub` when that is set)",
+)
 HF_HOME = _declare("HF_HOME", "path", None, "Hugging Face's home; default `~/.cache/huggingface`")
 
 # Shared devices, Dask, deployments.

@@ -34,12 +34,18 @@ EMPTY = "EMPTY-ANSWER"  # prompt marker: empty content and no usage
 LENGTH = "LENGTH-CAPPED"  # prompt marker: the answer stops at the token limit
 THINKING = "THINKING-ONLY"  # prompt marker: empty content at the token limit (Gemini thinking budget)
 BAD_ITEM = "BAD-ITEM"  # prompt marker: 400 for this request only
+ODD = "ODD-FAILURE"  # prompt marker: 418, a failure of unknown cause, for this request only
 MAX_TOKENS_ERROR = {
     "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
     "Use 'max_completion_tokens' instead.",
     "type": "invalid_request_error",
     "param": "max_tokens",
     "code": "unsupported_parameter",
+}
+QUOTA_ERROR = {
+    "message": "You exceeded your current quota, please check your plan and billing details.",
+    "type": "insufficient_quota",
+    "code": "insufficient_quota",
 }
 TEMPERATURE_ERROR = {
     "message": "Unsupported value: 'temperature' does not support 0 with this model. "
@@ -71,6 +77,9 @@ class FakeChatServer(ThreadingHTTPServer):
         self.capacity_headers: dict[str, str] = {}  # sent with those 429s (e.g. Retry-After)
         self.overloaded = 0  # 429s sent for capacity
         self.spans: list[tuple[float, float]] = []  # (arrival, reply) of every request answered 200
+        self.quota: int | None = None  # the key's credit: 402 insufficient_quota once this many are answered
+        self.answered = 0  # requests answered 200
+        self.charged = 0  # requests admitted against `quota`
 
     @property
     def base_url(self) -> str:
@@ -114,6 +123,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             if self._answer(body) == 200:
                 with srv.lock:
                     srv.spans.append((arrival, time.monotonic()))
+                    srv.answered += 1
         finally:
             with srv.lock:
                 srv.in_flight -= 1
@@ -140,10 +150,17 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(
                 srv.status, {"error": {"message": srv.message, "code": srv.message.split(":")[0]}}
             )
+        with srv.lock:  # a credit is taken as the request is admitted: concurrent ones never overdraw
+            spent = srv.quota is not None and srv.charged >= srv.quota
+            srv.charged += not spent
+        if spent:
+            return self._send(402, {"error": QUOTA_ERROR})
         if srv.reject_max_tokens and "max_tokens" in body:
             return self._send(400, {"error": MAX_TOKENS_ERROR})
         if srv.reject_temperature and "temperature" in body:
             return self._send(400, {"error": TEMPERATURE_ERROR})
+        if ODD in text:
+            return self._send(418, {"error": {"message": "I'm a teapot"}})
         if BAD_ITEM in text:
             return self._send(400, {"error": {"message": "image too large", "code": None}})
         if size == FAIL_SIZE:  # echoes the credentials, as a badly behaved proxy might

@@ -36,7 +36,7 @@ from backends.vllm_server import stop_servers
 from core.errors import BadParameter, UserError
 from flows import stages
 from flows.cli import add_flow_parameters, argument
-from flows.cluster import check_cluster, dask_task_runner
+from flows.cluster import DaskFromSettings, check_cluster
 from method.fusion import CLASS_WEIGHTINGS, NEEDS_DESCRIPTIONS
 from storage.keys import Answerer, Selection
 from storage.paths import resolve_root
@@ -63,7 +63,8 @@ def pick_describers(encoders: list[str], describers: list[str] | None) -> list[s
         return DEFAULT_DESCRIBERS
     raise UserError(
         "a real encoder needs a describer: pass --describers hf:<repo or dir> (a transformers VLM), "
-        "openai:<model> (an OpenAI-compatible server) or offline:lite2-labels (the offline stand-in), "
+        "vllm:<repo> (the same on a vLLM server the run starts), openai:<model> (an OpenAI-compatible "
+        "server) or offline:lite2-labels (the offline stand-in), "
         "or --image-only for the plain zero-shot baseline"
     )
 
@@ -107,6 +108,15 @@ def task_threads() -> int:
     return threads
 
 
+class ThreadsFromSettings(ThreadPoolTaskRunner):
+    """The flow's thread pool, sized when a run starts: Prefect enters a `duplicate()` of the flow's
+    task runner for each run, so $WDYS_TASK_THREADS is read then, not when this module is imported
+    (a bad value is then the one-line error, and a long-lived worker sees a changed one)."""
+
+    def duplicate(self) -> ThreadPoolTaskRunner:
+        return ThreadPoolTaskRunner(max_workers=task_threads())
+
+
 # Typed parameters: Prefect turns them into the deployment's JSON schema, so the server refuses a
 # wrong value before a run starts.
 ClassWeighting = Literal[CLASS_WEIGHTINGS]  # type: ignore[valid-type]
@@ -120,7 +130,7 @@ _END = [stop_servers]
 
 @flow(
     name="benchmark",
-    task_runner=ThreadPoolTaskRunner(max_workers=task_threads()),
+    task_runner=ThreadsFromSettings(),
     on_completion=_END,
     on_failure=_END,
     on_crashed=_END,
@@ -140,7 +150,7 @@ def benchmark(
     class_samples: Positive | None = None,
     shortlist: Positive | None = None,
 ) -> dict:
-    """Zero-shot classification with multimodal-LLM descriptions, every component subset and weighting.
+    """Zero-shot classification with multimodal-LLM descriptions, every component combination and weighting.
 
     Args:
         datasets: registered names (`cifar10`) or `parquet:<path|URL>` / `imagefolder:<path|URL>` /
@@ -179,15 +189,7 @@ def benchmark(
     check_shortlist(shortlist, plans)
     run = stages.Run(root, RunProgress.for_this_run())  # counts the tasks it submits, stage by stage
     for plan in plans:
-        manifests = stages.ingest(run, plan)
-        answers, images = stages.answer(run, plan, manifests, answerers, encoders)
-        class_answers = stages.describe_classes_of(run, plan, answerers, class_weights)
-        for encoder in encoders:
-            weights = stages.class_weights(run, plan, encoder, answerers, class_weights, class_answers)
-            for answerer in answerers:
-                shards = manifests, images[encoder]
-                texts = stages.embed_answers(run, plan, encoder, answerer, *shards, answers, weights)
-                stages.classify(run, plan, encoder, answerer, class_weights, *shards, texts, weights)
+        stages.every_stage(run, plan, encoders, answerers, class_weights)
     results = run.progress.wait(run.futures)
     selections, names = [p.selection for p in plans], [p.class_names for p in plans]
     record_keys(root, selections, names, encoders, [s for s in answerers if s], class_weights)
@@ -238,7 +240,7 @@ def check_shortlist(shortlist: int | None, plans: list[ShardPlan]) -> None:
 
 
 # The same flow with its shard tasks on Dask (deployments pick it by entrypoint).
-benchmark_on_dask = benchmark.with_options(task_runner=dask_task_runner())
+benchmark_on_dask = benchmark.with_options(task_runner=DaskFromSettings())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         resolve_root(args["root"])
     except ValueError as exc:
         parser.error(str(exc))
-    (benchmark_on_dask if args.pop("dask") else benchmark)(**args)
+    chosen = benchmark_on_dask if args.pop("dask") else benchmark
+    chosen.task_runner.duplicate()  # a bad setting of its runner fails now, before Prefect's server starts
+    chosen(**args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Running the shard tasks on Dask: where model tasks may go, and the checks made before any task.
 
-Model tasks (those tagged `gpu`: describe, predict, describe-classes, embed-images, embed-texts,
+Model tasks (those tagged `gpu`: describe, guess, describe-classes, embed-images, embed-texts,
 class-weights) ask the scheduler for a worker resource, $WDYS_DASK_GPU_RESOURCE (default `GPU`) x
 $WDYS_DASK_GPU_AMOUNT (default 1), so they run only on workers started with `--resources GPU=1`;
 ingest and classify go anywhere. An empty resource name turns placement off.
@@ -47,7 +47,8 @@ class PlacedDaskTaskRunner(DaskTaskRunner):
     it reaches the placement)."""
 
     def submit(self, task: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any):
-        resources = gpu_resources() if MODEL_TAG in task.tags else {}
+        on_device = MODEL_TAG in task.tags or getattr(task, "on_device", False)  # `vllm:` describer tasks
+        resources = gpu_resources() if on_device else {}
         with dask.annotate(resources=resources) if resources else nullcontext():
             return super().submit(task, parameters, *args, **kwargs)
 
@@ -62,6 +63,14 @@ def dask_task_runner() -> PlacedDaskTaskRunner:
     workers = settings.DASK_WORKERS.integer()
     cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
     return PlacedDaskTaskRunner(cluster_kwargs={**cluster, "resources": gpu_resources()})
+
+
+class DaskFromSettings(PlacedDaskTaskRunner):
+    """`dask_task_runner()`, made when a run starts (Prefect enters a `duplicate()` of the flow's
+    task runner for each run): the settings are read then, not when the flow module is imported."""
+
+    def duplicate(self) -> PlacedDaskTaskRunner:
+        return dask_task_runner()
 
 
 def check_cluster(root: str) -> None:

@@ -23,7 +23,7 @@ from storage.keys import Answerer, run_keys
 from tasks.answers import for_describer
 from tasks.class_weights import class_weights_task, describe_classes
 from tasks.classify import classify_shard
-from tasks.describe import describe_shard, predict_shard
+from tasks.describe import describe_shard, guess_shard
 from tasks.embed import embed_images_shard, embed_texts_shard
 from tasks.ingest import ingest_shard
 from tasks.plan import Shard, ShardPlan
@@ -69,7 +69,7 @@ def answer(
         if answerer is not None:
             kinds.append(("description", for_describer(describe_shard, answerer.describer)))
             if answerer.shortlist is None:  # a shortlisted guess waits for an encoder (embed_answers)
-                kinds.append(("prediction", for_describer(predict_shard, answerer.describer)))
+                kinds.append(("prediction", for_describer(guess_shard, answerer.describer)))
         for s, manifest in enumerate(manifests):
             shard = plan.shard(s)
             for kind, shard_task in kinds:
@@ -146,7 +146,7 @@ def embed_answers(
     guesses = answers.get((answerer, "prediction"))
     if guesses is None:
         ranking = weights_for(weights, SHORTLIST_WEIGHTING, None)
-        guess = for_describer(predict_shard, answerer.describer)
+        guess = for_describer(guess_shard, answerer.describer)
         guesses = [
             run.submit(guess, run.root, plan.shard(s), answerer, manifests[s], encoder, images[s], ranking)
             for s in range(len(images))
@@ -175,7 +175,7 @@ def classify(
     texts: dict[AnswerKind, Futures],
     weights: dict[tuple[str, MaybeAnswerer], PrefectFuture],
 ) -> None:
-    """Every component subset of every shard under each weighting (image-only without an answerer)."""
+    """Every component combination of every shard under each weighting (the image alone, no answerer)."""
     for weighting in weightings:
         if answerer is None and weighting in NEEDS_DESCRIPTIONS:
             continue
@@ -184,3 +184,19 @@ def classify(
             read = (manifests[s], image, weighted, {kind: t[s] for kind, t in texts.items()})
             run.submit(classify_shard, run.root, plan.shard(s), encoder, answerer, weighting, *read)
         run.runs.append(run_keys(plan.selection, plan.class_names, encoder, answerer, weighting))
+
+
+def every_stage(
+    run: Run, plan: ShardPlan, encoders: list[str], answerers: list[Answerer | None], weightings: list[str]
+) -> None:
+    """Submit every stage's tasks for one dataset split, each stage fed by the futures of the one
+    before: ingest -> describe and embed images -> class weights -> embed answers -> classify."""
+    manifests = ingest(run, plan)
+    answers, images = answer(run, plan, manifests, answerers, encoders)
+    class_answers = describe_classes_of(run, plan, answerers, weightings)
+    for encoder in encoders:
+        weights = class_weights(run, plan, encoder, answerers, weightings, class_answers)
+        for answerer in answerers:
+            shards = manifests, images[encoder]
+            texts = embed_answers(run, plan, encoder, answerer, *shards, answers, weights)
+            classify(run, plan, encoder, answerer, weightings, *shards, texts, weights)

@@ -4,7 +4,7 @@ n(v) = v / ||v||.  An image x has three components, each normalised:
     image       i = n(f_img(x))
     description d = n(f_txt(D(x)))
     prediction  p = n(f_txt(P(x)))
-The query of a component subset S is q = n(sum_{s in S} s); logits = q . W^T against class weights W.
+The query of a combination S of components is q = n(sum_{s in S} s); logits = q . W^T against class weights W.
 {image} alone is plain CLIP zero-shot. A component that is missing for an image (its answer failed)
 is left out of that image's sum; an image with none of the chosen components has no query.
 """
@@ -73,21 +73,21 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, _EPS)
 
 
-def component_subsets() -> list[tuple[str, ...]]:
-    """All seven non-empty subsets of the components, smallest first, image-only first."""
+def component_combinations() -> list[tuple[str, ...]]:
+    """All seven non-empty combinations of the components, smallest first, image-only first."""
     return [s for r in range(1, len(COMPONENTS) + 1) for s in combinations(COMPONENTS, r)]
 
 
-def subset_name(subset: Sequence[str]) -> str:
-    return "+".join(subset)
+def combination_name(combination: Sequence[str]) -> str:
+    return "+".join(combination)
 
 
-def fuse(components: dict[str, np.ndarray], subset: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Query vectors of one subset and a mask of the rows that have at least one chosen component.
+def fuse(components: dict[str, np.ndarray], combination: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Query vectors of one combination and a mask of the rows that have at least one chosen component.
 
     `components` maps a component name to (n, dim) normalised vectors, NaN rows where missing.
     """
-    stacked = np.stack([components[name] for name in subset])  # (k, n, dim)
+    stacked = np.stack([components[name] for name in combination])  # (k, n, dim)
     present = ~np.isnan(stacked).any(axis=-1)  # (k, n)
     total = np.where(present[..., None], stacked, 0.0).sum(axis=0)
     valid = present.any(axis=0)
@@ -130,5 +130,5 @@ def sum_weights(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def component_order() -> list[str]:
-    """The subsets' names in the order every table lists them."""
-    return [subset_name(s) for s in component_subsets()]
+    """The combinations' names in the order every table lists them."""
+    return [combination_name(s) for s in component_combinations()]

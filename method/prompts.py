@@ -13,19 +13,18 @@ import json
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
 DESCRIPTION_PROMPT = "What do you see? Describe any object precisely, including its type or class."
 
-PREDICTION_PROMPT = (
+GUESS_PROMPT = (
     "You are given an image and a list of class labels. Classify the image given the class labels. "
     "Answer using a single word if possible. Here are the class labels: {classes}"
 )
 
-# The two kinds of answer a describer gives about an image, and the prompt that asks for each.
+# The two kinds of answer a describer gives about an image, and the prompt that asks for each. The
+# guess is stored under the kind "prediction" (a stored value: renaming it would orphan cached answers).
 AnswerKind = Literal["description", "prediction"]
 ANSWER_KINDS: tuple[AnswerKind, ...] = get_args(AnswerKind)
-PROMPT_OF_KIND: dict[AnswerKind, str] = {"description": DESCRIPTION_PROMPT, "prediction": PREDICTION_PROMPT}
+PROMPT_OF_KIND: dict[AnswerKind, str] = {"description": DESCRIPTION_PROMPT, "prediction": GUESS_PROMPT}
 
 # CuPL's five ImageNet base prompts (text only, several samples each), reworded where docs/protocol.md
 # says: always "a", a length instruction, "A short caption".
@@ -46,8 +45,8 @@ MAX_NEW_TOKENS = 77
 SINGLE_TEMPLATE = "A photo of {c}"
 
 
-def prediction_prompt(class_names: Sequence[str]) -> str:
-    return PREDICTION_PROMPT.format(classes=", ".join(class_names))
+def guess_prompt(class_names: Sequence[str]) -> str:
+    return GUESS_PROMPT.format(classes=", ".join(class_names))
 
 
 def class_description_prompts(class_name: str) -> list[str]:
@@ -55,7 +54,10 @@ def class_description_prompts(class_name: str) -> list[str]:
 
 
 def clip_templates(class_name: str) -> list[str]:
-    """CLIP's 80 ImageNet prompt templates, as open_clip ships them."""
+    """CLIP's 80 ImageNet prompt templates, as open_clip ships them (imported here, not with this
+    module: importing open_clip imports torch, which a query or a cached run must not wait for)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
     return [t(class_name) for t in OPENAI_IMAGENET_TEMPLATES]
 
 
@@ -76,7 +78,7 @@ def hashed_value(digest: str) -> str | None:
 
 
 def image_prompts_hash() -> str:
-    return content_hash([DESCRIPTION_PROMPT, PREDICTION_PROMPT])
+    return content_hash([DESCRIPTION_PROMPT, GUESS_PROMPT])
 
 
 def class_prompts_hash() -> str:

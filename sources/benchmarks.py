@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,12 +37,9 @@ from core.errors import BadDataset, DatasetNotFound
 from core.guard import causes
 from sources.archive import open_archive
 from sources.base import DatasetSource, image_ids
-from sources.imagefolder import open_imagefolder
-from sources.parquet import open_parquet, split_files
-from sources.wds import is_wds, open_wds
+from sources.layouts import LAYOUTS, layout_of
 from storage.paths import split_dataset_spec
 
-LAYOUTS = {"parquet": open_parquet, "wds": open_wds}  # those that take the benchmark's class names
 CLASSNAMES_FILE = Path(__file__).with_name("classnames.json")
 # Copies shipped inside the package (CIFAR-10 `dev`, 1,000 images): the default run needs no download.
 EMBEDDED_DATASETS = Path(__file__).with_name("embedded")
@@ -60,6 +56,7 @@ class Benchmark:
     split_aliases: tuple[str, ...] = ()  # other names the evaluation split has in local copies
     local_only_splits: tuple[str, ...] = ()  # splits that exist only in a local copy
     classes: int | None = None  # without a curated list (the collection): the class count
+    terms: str = ""  # whose terms of use apply, where the source is a mirror of a dataset with its own
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -84,6 +81,11 @@ class Benchmark:
 
 
 HF = "hf://datasets/"
+IMAGENET_TERMS = (
+    "ImageNet's terms of access apply (non-commercial research and education, image-net.org), "
+    "not the mirror's"
+)
+PLACES_TERMS = "Places365's terms apply (MIT CSAIL: non-commercial research and education only)"
 CLIP_BENCHMARK = HF + "clip-benchmark/wds_"  # CLIP_benchmark's WebDataset copies (`test` split)
 BENCHMARK_LIST: tuple[Benchmark, ...] = (
     Benchmark(
@@ -94,9 +96,17 @@ BENCHMARK_LIST: tuple[Benchmark, ...] = (
         "test",
         50_000,
         split_aliases=("validation",),  # Hugging Face's name for it (ILSVRC/imagenet-1k)
+        terms=IMAGENET_TERMS,
     ),
     Benchmark(
-        "places365", "Places365", "val", "torchvision:Places365", "val", 36_500, split_aliases=("validation",)
+        "places365",
+        "Places365",
+        "val",
+        "torchvision:Places365",
+        "val",
+        36_500,
+        split_aliases=("validation",),
+        terms=PLACES_TERMS,
     ),
     Benchmark("sun397", "SUN397", "test", f"parquet:{HF}tanganke/sun397", "test", 19_850),
     Benchmark("food101", "Food-101", "test", f"parquet:{HF}ethz/food101", "validation", 25_250),
@@ -113,7 +123,7 @@ BENCHMARK_LIST: tuple[Benchmark, ...] = (
     ),
     Benchmark("cifar100", "CIFAR-100", "test", f"parquet:{HF}uoft-cs/cifar100/cifar100", "test", 10_000),
     Benchmark("cars", "Stanford Cars", "test", f"parquet:{HF}tanganke/stanford_cars", "test", 8_041),
-    Benchmark("caltech101", "Caltech-101", "test", f"wds:{CLIP_BENCHMARK}vtab-caltech101", "test", 6_084),
+    Benchmark("caltech101", "Caltech-101", "test", f"wds:{CLIP_BENCHMARK}vtab-caltech101", "test", 6_085),
 )
 PAPER_BENCHMARKS = tuple(b.name for b in BENCHMARK_LIST)  # the paper's ten (its authors' code)
 
@@ -129,7 +139,7 @@ def clip_benchmark_wds(name: str, classes: int, size: int, dataset: str | None =
 
 
 # CLIP_benchmark's collection beyond the paper's ten ("vtab+" less retrieval and multi-label sets):
-# name, classes, test images (the datasets' published test sizes, docs/datasets.md).
+# name, classes, test images (docs/datasets.md names the source of each size).
 COLLECTION_LIST: tuple[Benchmark, ...] = (
     clip_benchmark_wds("imagenetv2", 1000, 10_000),
     clip_benchmark_wds("imagenet_sketch", 1000, 50_889),
@@ -141,7 +151,7 @@ COLLECTION_LIST: tuple[Benchmark, ...] = (
     clip_benchmark_wds("country211", 211, 21_100),
     clip_benchmark_wds("stl10", 10, 8_000),
     clip_benchmark_wds("mnist", 10, 10_000),
-    clip_benchmark_wds("fer2013", 7, 3_589),
+    clip_benchmark_wds("fer2013", 7, 7_178),
     clip_benchmark_wds("renderedsst2", 2, 1_821),
     clip_benchmark_wds("flowers", 102, 6_149, "vtab/flowers"),
     clip_benchmark_wds("eurosat", 10, 5_400, "vtab/eurosat"),
@@ -224,33 +234,12 @@ def align(bench: Benchmark, found: Sequence[str], where: str) -> list[int] | Non
 # Opening -------------------------------------------------------------------------------------
 
 
-def copy_layout(location: str, names: Sequence[str]) -> tuple[str, str] | None:
-    """(layout, split name) of the first of `names` the copy at `location` holds: as Parquet, as
-    CLIP_benchmark's WebDataset or as an ImageFolder; None when it holds none of them."""
-    fs, root = fsspec.core.url_to_fs(location)
-    for split in names:
-        try:
-            split_files(location, split)
-            return "parquet", split
-        except FileNotFoundError:
-            pass
-        if root.endswith(".parquet"):
-            continue
-        if is_wds(location, split):
-            return "wds", split
-        if fs.isdir(f"{root.rstrip('/')}/{split}"):
-            return "imagefolder", split
-    return None
-
-
 def open_copy(bench: Benchmark, location: str, names: Sequence[str]) -> DatasetSource | None:
-    found = copy_layout(location, names)
+    found = layout_of(location, names)
     if found is None:
         return None
     layout, split = found
-    if layout == "imagefolder":
-        return open_imagefolder(bench.name, location, split)
-    return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
+    return LAYOUTS[layout].open(bench.name, location, split, bench.class_names)
 
 
 def local_copies(bench: Benchmark) -> list[tuple[str, bool]]:
@@ -291,7 +280,7 @@ def gated_hint(exc: BaseException, location: str) -> str | None:
 def _open_hub(bench: Benchmark, spec: str, split: str) -> DatasetSource:
     layout, location, _ = split_dataset_spec(spec)
     if layout in LAYOUTS:
-        return LAYOUTS[layout](bench.name, location, split, class_names=bench.class_names)
+        return LAYOUTS[layout].open(bench.name, location, split, bench.class_names)
     if spec.startswith("torchvision:"):
         return open_archive(bench.name, spec.partition(":")[2], split)
     source = open_copy(bench, location, (split,))
@@ -331,6 +320,8 @@ def open_benchmark(bench: Benchmark, split: str) -> DatasetSource:
         hub_split = bench.hub_split if evaluation else split
         try:
             source = _open_hub(bench, hub, hub_split)
+        except BadDataset:  # read, and refused as it is (cut short, unpacked in part): says so itself
+            raise
         except Exception as exc:  # offline, gated, or no such split: say what was looked for
             gated = gated_hint(exc, split_dataset_spec(hub)[1])
             if gated:

@@ -22,17 +22,18 @@ import fsspec
 
 from core import settings
 from core.errors import BadDataset, BadParameter
+from sources import remote
 from sources.archive import archive_root, open_archive, unpacked
 from sources.benchmarks import (
     BENCHMARK_LIST,
     BENCHMARKS_BY_NAME,
     PAPER_BENCHMARKS,
     Benchmark,
-    copy_layout,
     hub_source,
     local_copies,
     open_copy,
 )
+from sources.layouts import layout_of
 from sources.parquet import split_files
 from sources.wds import CLASSNAMES, TEMPLATES, split_shards
 from storage.paths import split_dataset_spec
@@ -52,7 +53,7 @@ def whereabouts(bench: Benchmark) -> Whereabouts:
     """Where a run would read the evaluation split now (without asking the network)."""
     names = bench.evaluation_split_names(bench.split) or (bench.split,)
     for location, _ in local_copies(bench):
-        found = copy_layout(location, names)
+        found = layout_of(location, names)
         if found:
             return Whereabouts("local copy", f"{location} ({found[0]}, {found[1]})", True)
     spec = hub_source(bench)
@@ -72,14 +73,18 @@ def listing() -> list[str]:
         where = whereabouts(bench)
         size = f"{bench.size:,} images" if bench.size else "size unknown"
         state = {
-            "hub": f"read remotely at each run; `wdys datasets --fetch {bench.name}` keeps a copy",
+            "hub": f"read remotely, each byte once (kept in the cache); `--fetch {bench.name}` keeps a copy",
             "archive": "not downloaded: the first run (or `--fetch`) downloads it",
             "none": "no copy",
         }.get(where.kind, "")
         state = "present" if where.present else state
+        cached = remote.cached_bytes(split_dataset_spec(where.location)[1]) if where.kind == "hub" else 0
+        extra = (f"  cached here: {cached / 1e6:,.1f} MB" if cached else "") + (
+            f"  licence: {bench.terms}" if bench.terms else ""
+        )
         lines.append(
             f"{bench.name:<{width}} {bench.split:<5} {size:>15}  {bench.num_classes:>4} classes  "
-            f"{where.kind}: {where.location}  [{state}]"
+            f"{where.kind}: {where.location}  [{state}]{extra}"
         )
     return lines
 
@@ -131,10 +136,10 @@ def fetch(bench: Benchmark, data_dir: Path, log: Log = print) -> Path:
     if not spec:
         raise BadParameter(f"{bench.name}: no public source known; put a copy at {target}")
     if spec.startswith("torchvision:"):
-        source = open_archive(bench.name, spec.partition(":")[2], bench.hub_split, data_dir)
+        source = open_archive(bench.name, spec.partition(":")[2], bench.hub_split, data_dir, complete=True)
         return verified(bench, source.num_rows, archive_root(bench.name, data_dir), log)
     names = bench.evaluation_split_names(bench.split) or ()
-    if target.exists() and copy_layout(str(target), names):
+    if target.exists() and layout_of(str(target), names):
         copy = open_copy(bench, str(target), names)
         return verified(bench, copy.num_rows if copy else 0, target, log)
     staging = data_dir / f".{bench.name}.fetching"
@@ -159,6 +164,19 @@ def verified(bench: Benchmark, count: int, where: Path, log: Log) -> Path:
     return where
 
 
+def clear_cache(names: list[str]) -> None:
+    """`--clear-cache`: the byte cache of remote sources (`sources.remote`) emptied."""
+    unknown = sorted(set(names) - set(BENCHMARKS_BY_NAME))
+    if unknown:
+        raise BadParameter(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS_BY_NAME)}")
+    if not names:
+        print(f"removed {remote.clear() / 1e6:,.1f} MB of cached remote bytes under {remote.cache_root()}")
+    for name in names:
+        spec = hub_source(BENCHMARKS_BY_NAME[name]) or ""
+        freed = remote.clear(split_dataset_spec(spec)[1]) if ":" in spec else 0
+        print(f"{name}: removed {freed / 1e6:,.1f} MB of cached remote bytes")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wdys datasets", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -170,7 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data-dir", default=settings.DATA_DIR.text() or None, help="default: $WDYS_DATA_DIR"
     )
+    parser.add_argument(
+        "--clear-cache",
+        nargs="*",
+        metavar="NAME",
+        help="remove the remote bytes kept for these benchmarks (none named: for every source)",
+    )
     args = parser.parse_args(argv)
+    if args.clear_cache is not None:
+        clear_cache(args.clear_cache)
+        return
     if not args.fetch:
         print("\n".join(listing()))
         return

@@ -6,14 +6,18 @@ who are online read the hub's Parquet exports with the same code.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 from collections.abc import Sequence
 
 import fsspec
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from core.errors import BadDataset, DatasetNotFound
+from sources import remote
 from sources.base import DatasetSource, image_ids
 
 IMAGE_COLUMNS = ("img", "image", "jpg", "jpeg", "png", "webp")  # the last four: WebDataset exports
@@ -98,23 +102,69 @@ def class_names_from(
     )
 
 
+def _parquet_file(fs: fsspec.AbstractFileSystem, path: str, location: str) -> pq.ParquetFile:
+    """One file with its footer read: a local file directly, a remote one through the byte cache
+    (`sources.remote`: the footer, then only the column chunks read); a file without its footer (a
+    copy cut short) is refused naming it."""
+    try:
+        if isinstance(fs, LocalFileSystem):
+            return pq.ParquetFile(path)
+        if remote.is_remote(fs):
+            cached = remote.CachedFile(fs, path, remote.repo_folder(location))
+            return pq.ParquetFile(remote.RangeReader(cached))
+        return pq.ParquetFile(fs.open(path, "rb"))
+    except pa.ArrowInvalid as exc:
+        raise BadDataset(
+            f"parquet {path}: not a complete Parquet file ({str(exc).splitlines()[0]}): the copy is "
+            "cut short or damaged, fetch it again"
+        ) from exc
+
+
+def _take(files: Sequence[pq.ParquetFile], starts: Sequence[int], rows: Sequence[int], columns: list[str]):
+    """`rows` (numbered over all files) as a table in their order, reading only the row groups
+    that hold them."""
+    pieces, where = [], []  # where[k]: the position in `rows` of the table's row k
+    for i, f in enumerate(files):
+        mine = [(n, r - starts[i]) for n, r in enumerate(rows) if starts[i] <= r < starts[i + 1]]
+        if not mine:
+            continue
+        sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+        bounds = list(itertools.accumulate(sizes, initial=0))
+        group_of = [bisect.bisect_right(bounds, r) - 1 for _, r in mine]
+        groups = sorted(set(group_of))
+        before = dict(zip(groups, itertools.accumulate((sizes[g] for g in groups), initial=0), strict=False))
+        local = [before[g] + r - bounds[g] for (_, r), g in zip(mine, group_of, strict=True)]
+        pieces.append(f.read_row_groups(groups, columns=columns).take(pa.array(local, pa.int64())))
+        where += [n for n, _ in mine]
+    if len(where) != len(rows):
+        raise IndexError(f"rows outside the {starts[-1]} rows of the split")
+    if not pieces:
+        return files[0].schema_arrow.empty_table().select(columns)
+    order = sorted(range(len(where)), key=where.__getitem__)
+    return pa.concat_tables(pieces).take(pa.array(order, pa.int64()))
+
+
 def open_parquet(
     name: str, location: str, split: str, class_names: Sequence[str] | None = None
 ) -> DatasetSource:
     """`class_names` is used only where the files name no classes themselves."""
-    fs, files = split_files(location, split)
-    dataset = pads.dataset(files, filesystem=fs, format="parquet")
-    image_col = _pick(dataset.schema, IMAGE_COLUMNS, _is_image, "image")
-    label_col = _pick(dataset.schema, LABEL_COLUMNS, lambda f: pa.types.is_integer(f.type), "integer label")
-    classes = class_names_from(fs, files, dataset.schema, label_col, class_names)
-    count = dataset.count_rows()
+    fs, paths = split_files(location, split)
+    files = [_parquet_file(fs, path, location) for path in paths]
+    schema = files[0].schema_arrow
+    image_col = _pick(schema, IMAGE_COLUMNS, _is_image, "image")
+    label_col = _pick(schema, LABEL_COLUMNS, lambda f: pa.types.is_integer(f.type), "integer label")
+    classes = class_names_from(fs, paths, schema, label_col, class_names)
+    starts = [0]
+    for f in files:
+        starts.append(starts[-1] + f.metadata.num_rows)
+    count = starts[-1]
     note = (
         f"parquet {location} ({split}): {count} rows in {len(files)} file(s); images from column "
         f"{image_col!r}, labels from {label_col!r}, {len(classes)} classes"
     )
 
     def read_rows(rows: Sequence[int]) -> pa.Table:
-        table = dataset.take(pa.array(rows, pa.int64()), columns=[image_col, label_col])
+        table = _take(files, starts, rows, [image_col, label_col])
         images = table.column(image_col).combine_chunks()
         image_bytes = images.field("bytes") if pa.types.is_struct(images.type) else images
         return pa.table(

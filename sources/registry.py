@@ -18,10 +18,8 @@ from typing import NamedTuple
 from core.errors import BadParameter
 from sources.base import DatasetSource
 from sources.benchmarks import BENCHMARK_LIST, open_benchmark, shared_datasets_dir
-from sources.imagefolder import open_imagefolder
-from sources.parquet import open_parquet
-from sources.wds import open_wds
-from storage.paths import DATASET_LAYOUTS, split_dataset_spec
+from sources.layouts import LAYOUTS, layout_specs
+from storage.paths import split_dataset_spec
 
 __all__ = [
     "BENCHMARKS",
@@ -34,8 +32,6 @@ __all__ = [
 
 Builder = Callable[[str], DatasetSource]  # split -> source
 BENCHMARKS: dict[str, Callable[[str], DatasetSource]] = {}
-LAYOUTS = {"parquet": open_parquet, "imagefolder": open_imagefolder, "wds": open_wds}
-assert set(LAYOUTS) == set(DATASET_LAYOUTS), "storage.paths names the same layouts"
 
 
 def benchmark(name: str) -> Callable[[Builder], Builder]:
@@ -68,11 +64,10 @@ def open_dataset(name: str, split: str) -> DatasetSource:
     if layout is not None:
         if given in BENCHMARKS:
             raise BadParameter(f"dataset {name!r}: name={given} is a registered benchmark's; choose another")
-        return LAYOUTS[layout](name, location, split)
+        return LAYOUTS[layout].open(name, location, split, None)
     if name in BENCHMARKS:
         return BENCHMARKS[name](split)
     raise BadParameter(
-        f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}, or 'imagefolder:<folder>' / "
-        "'parquet:<file or folder>' / 'wds:<folder or URL>'"
+        f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}, or {layout_specs()}"
         " for your own data (optionally '?name=<name>' after it)"
     )

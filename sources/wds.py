@@ -3,8 +3,10 @@ counts), each sample `KEY.<jpg|jpeg|png|webp>` with its integer label in `KEY.cl
 in `classnames.txt` beside the split folders, `zeroshot_classification_templates.txt` optional.
 
 Local folders and any fsspec URL (`hf://datasets/clip-benchmark/wds_vtab-cifar10`, `s3://...`).
-Opening a split reads each shard's tar headers once, one shard at a time (an index of offsets and
-labels, never the images), so a row's image is read later by a ranged read of its own shard.
+Opening a split reads each shard's tar headers once (an index of offsets and labels, never the
+images; `sources.tarindex`, which refuses a shard cut short), so a row's image is read later by a
+ranged read of its own shard. A remote shard is read through the byte cache (`sources.remote`),
+its index kept there by the shard's etag: built once per machine, each byte downloaded once.
 A sample without an image is kept and fails alone when decoded; a sample without a readable label
 is a broken copy and refused when the split is opened.
 """
@@ -13,15 +15,17 @@ from __future__ import annotations
 
 import functools
 import re
-import tarfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
 
 from core.errors import BadDataset, DatasetNotFound
+from sources import remote
 from sources.base import DatasetSource, image_ids
+from sources.tarindex import members
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CLASSNAMES = "classnames.txt"
@@ -82,35 +86,59 @@ def _label(raw: bytes, key: str, shard: str) -> int:
     return int(text)
 
 
-def index_shard(fs: fsspec.AbstractFileSystem, path: str, shard: int) -> list[Sample]:
-    """One shard's samples in tar order, from its headers and `.cls` members (seeks past images)."""
+def _entries(path: str, size: int, read_at) -> list[list]:
+    """[key, image offset (-1 without one), image size, label] per sample, in tar order, from the
+    shard's headers and `.cls` members (image bytes are never read)."""
     images: dict[str, tuple[int, int]] = {}
     labels: dict[str, int] = {}
-    order: list[str] = []
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = _member_key(member.name)
-            if key not in images and key not in labels:
-                order.append(key)
-            if ext in IMAGE_EXTENSIONS:
-                images[key] = (member.offset_data, member.size)
-            elif ext == "cls":
-                data = tar.extractfile(member)  # a regular file always has its data
-                labels[key] = _label(data.read() if data else b"", key, path)
+    order: dict[str, None] = {}
+    for member in members(read_at, size, path, lambda name: _member_key(name)[1] == "cls"):
+        key, ext = _member_key(member.name)
+        order.setdefault(key)
+        if ext in IMAGE_EXTENSIONS:
+            images[key] = (member.offset, member.size)
+        elif ext == "cls":
+            labels[key] = _label(member.data or b"", key, path)
     missing = [k for k in order if k not in labels]
     if missing:
         raise BadDataset(f"wds {path}: {len(missing)} sample(s) without a .cls label, e.g. {missing[0]!r}")
-    return [Sample(shard, k, *images.get(k, (-1, 0)), labels[k]) for k in order]
+    return [[k, *images.get(k, (-1, 0)), labels[k]] for k in order]
+
+
+def index_shard(fs: fsspec.AbstractFileSystem, path: str, shard: int, location: str = "") -> list[Sample]:
+    """One shard's samples in tar order. A remote shard's index is kept in the byte cache under the
+    shard's etag, built once per machine from its headers (`sources.remote`)."""
+    if remote.is_remote(fs):
+        cached = remote.CachedFile(fs, path, remote.repo_folder(location or path))
+        try:
+            entries = cached.load_index()
+            if entries is None:
+                entries = _entries(path, cached.size, cached.read)
+                cached.keep_index(entries)
+        finally:
+            cached.close()
+    else:
+        with fs.open(path, "rb") as f:
+            size = fs.size(path)
+
+            def read_at(start: int, end: int) -> bytes:
+                f.seek(start)
+                return f.read(end - start)
+
+            entries = _entries(path, size, read_at)
+    return [Sample(shard, *entry) for entry in entries]
 
 
 @functools.lru_cache(maxsize=32)
 def _index(location: str, split: str, shards: tuple[tuple[str, str], ...]) -> tuple[Sample, ...]:
     """Every shard indexed once per process (the plan and each ingest task reopen the split); each
-    shard's version is part of the key, so a changed copy is indexed again."""
+    shard's version is part of the key, so a changed copy is indexed again. Remote shards are
+    indexed several at a time (each one a run of small ranged reads)."""
     fs = fsspec.core.url_to_fs(location)[0]
-    return tuple(s for i, (path, _) in enumerate(shards) for s in index_shard(fs, path, i))
+    workers = 8 if remote.is_remote(fs) else 1
+    with ThreadPoolExecutor(workers) as pool:
+        indexed = pool.map(lambda item: index_shard(fs, item[1][0], item[0], location), enumerate(shards))
+        return tuple(s for samples in indexed for s in samples)
 
 
 def _versions(fs: fsspec.AbstractFileSystem, shards: list[str], location: str) -> tuple[tuple[str, str], ...]:
@@ -156,7 +184,7 @@ def open_wds(name: str, location: str, split: str, class_names: Sequence[str] | 
                 "image_id": image_ids(split, rows),
                 "row": pa.array(rows, pa.int64()),
                 "label": pa.array([samples[r].label for r in rows], pa.int64()),
-                "image": pa.array(read_images(fs, shards, [samples[r] for r in rows]), pa.binary()),
+                "image": pa.array(read_images(fs, shards, [samples[r] for r in rows], location), pa.binary()),
                 "uri": pa.nulls(len(rows), pa.string()),
             }
         )
@@ -165,17 +193,32 @@ def open_wds(name: str, location: str, split: str, class_names: Sequence[str] | 
 
 
 def read_images(
-    fs: fsspec.AbstractFileSystem, shards: list[str], samples: Sequence[Sample]
+    fs: fsspec.AbstractFileSystem, shards: list[str], samples: Sequence[Sample], location: str = ""
 ) -> list[bytes | None]:
-    """Each sample's image bytes (None without one), one open file per shard touched."""
+    """Each sample's image bytes (None without one), one open file per shard touched; a remote
+    shard's through the byte cache."""
     out: list[bytes | None] = [None] * len(samples)
     by_shard: dict[int, list[int]] = {}
     for i, sample in enumerate(samples):
         if sample.offset >= 0:
             by_shard.setdefault(sample.shard, []).append(i)
     for shard, positions in by_shard.items():
-        with fs.open(shards[shard], "rb") as f:
-            for i in sorted(positions, key=lambda p: samples[p].offset):
-                f.seek(samples[i].offset)
-                out[i] = f.read(samples[i].size)
+        positions.sort(key=lambda p: samples[p].offset)
+        spans = [(samples[i].offset, samples[i].offset + samples[i].size) for i in positions]
+        if remote.is_remote(fs):
+            cached = remote.CachedFile(fs, shards[shard], remote.repo_folder(location or shards[shard]))
+            try:
+                found = cached.read_many(spans)
+            finally:
+                cached.close()
+        else:
+            with fs.open(shards[shard], "rb") as f:
+                found = [_read(f, start, end) for start, end in spans]
+        for i, data in zip(positions, found, strict=True):
+            out[i] = data
     return out
+
+
+def _read(f, start: int, end: int) -> bytes:
+    f.seek(start)
+    return f.read(end - start)

@@ -76,7 +76,7 @@ left join classes c on c.dataset = i.dataset
 left join registry r on r.dataset = i.dataset
 union all
 select dataset, split, null, null, classes, null, true
-from registry where dataset not in (select dataset from images)
+from registry where dataset is not null and dataset not in (select dataset from images)
 order by images is null, dataset, split, subset
 """
 

@@ -1,8 +1,10 @@
 """The DuckDB catalog: `<root>/wdys.duckdb` holds one view per Parquet table plus `metrics`.
 
 The views read the shards in place (hive partitions become columns), so the file stays small and
-is always current; the plain `duckdb` command line can open it. Object-store roots are read through
-the fsspec filesystem registered on the connection, since DuckDB's httpfs cannot be installed here.
+is always current; the plain `duckdb` command line can open it. On an object-store root the views
+name the shards by their own URLs (`s3://bucket/...`): in Python they are read through the fsspec
+filesystem registered on the connection (DuckDB's httpfs cannot be installed here), in the plain
+`duckdb` command line through httpfs, on the catalog copied to `<root>/wdys.duckdb`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from collections.abc import Sequence
 
 import duckdb
 import fsspec
+import pyarrow as pa
 
-from core import settings
 from storage.analysis import COMPONENT_ORDER, Registered, create_analysis_views
-from storage.paths import PENDING_ITEMS, catalog_path, is_local, pending_glob, table_glob
+from storage.connection import catalog_file, connect
+from storage.leaderboard import create_leaderboard_view
+from storage.paths import catalog_path, is_local, table_glob
 from storage.reference import published_sql
 from storage.schemas import RUN_KEYS, TABLES
 
@@ -121,92 +125,56 @@ group by all
 """
 
 
-ANSWER_TABLES = ("descriptions", "class_descriptions")  # the tables whose shards may wait as pending
-
-
-def create_pending_view(con: duckdb.DuckDBPyConnection, root: str) -> None:
-    """A temporary `pending` view on this connection: the items still waiting for an answer after
-    transient failures (tasks/answers.py), one row per item: its pending file (beside the shard it
-    will complete), its key, how often it was asked and its last error. Made on every connection
-    (`make query`) rather than in the catalog: it must show the store as it is now, after a run
-    that failed on them, and pending files disappear once their shard is published."""
-    globs = [pending_glob(root, name) for name in ANSWER_TABLES]
-    globs = [g for g in globs if con.execute("select file from glob(?) limit 1", [g]).fetchall()]
-    columns = "file, item ->> 0 as item, (item ->> 1)::int as attempts, item ->> 2 as last_error"
-    if not globs:
-        con.execute(
-            f"create or replace temp view pending as select {columns} from (select null::json as item, "
-            "null::varchar as file) where false"
-        )
-        return
-    files = ", ".join(f"'{g}'" for g in globs)
-    con.execute(f"""
-create or replace temp view pending as
-with items as (
-    select file_name as file, unnest(from_json(decode(value), '["json"]')) as item
-    from parquet_kv_metadata([{files}]) where decode(key) = '{PENDING_ITEMS}'
-)
-select {columns} from items order by file, item
-""")
-
-
 _lock = threading.Lock()
-
-
-def connect(root: str, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(database, read_only=read_only, config={"autoinstall_known_extensions": False})
-    if not is_local(root):
-        # A filesystem instance of the connection's own: it sees the store as it is when the
-        # connection opens and keeps that listing for its life. One flat listing of the root fills
-        # it, so DuckDB's globs (one listing per folder otherwise) and size look-ups cost no request.
-        # Credentials and endpoint are the filesystem's own configuration (for S3, the environment).
-        fs, base = fsspec.core.url_to_fs(root, skip_instance_cache=True)
-        fs.find(base)
-        con.register_filesystem(fs)
-    return con
 
 
 def create_views(
     con: duckdb.DuckDBPyConnection, root: str, registered: Sequence[Registered] = ()
 ) -> list[str]:
-    """A view per table that has shards (DuckDB binds a glob when the view is made), then metrics
-    and the analysis views of `storage.analysis` (gains, per_class, confusion, ...).
+    """A view per table (DuckDB binds a glob when the view is made; a table without shards yet is
+    an empty view of its columns), then metrics and the analysis views of `storage.analysis` (gains,
+    per_class, confusion, ...): every view docs/querying.md names is in every root's catalog.
     The shards are listed by the connection itself, through the filesystem its views read.
     `registered`: (name, evaluation split, classes) of the registered benchmarks, for `benchmarks`."""
-    made = []
     for name in TABLES:
         glob = table_glob(root, name)
         if not con.execute("select file from glob(?) limit 1", [glob]).fetchall():
+            create_empty_view(con, name)
             continue
         con.execute(
             f"create or replace view {name} as select * from read_parquet('{glob}', "
             "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
         )
-        made.append(name)
-    if "key_values" in made:
-        con.execute(KEYS_SQL)
-        con.execute(MODELS_SQL)
-        made += ["keys", "models"]
-    if {"image_embeddings", "descriptions", "manifest"} <= set(made):
-        con.execute(errors_sql("keys" in made))
-        made.append("errors")
-    if "predictions" in made:
-        con.execute(METRICS_SQL)
-        made.append("metrics")
-        if "errors" in made:
-            con.execute(EXCLUSIONS_SQL)
-            made.append("exclusions")
+    for sql in (KEYS_SQL, MODELS_SQL, errors_sql(True), METRICS_SQL, EXCLUSIONS_SQL):
+        con.execute(sql)
+    made = [*TABLES, "keys", "models", "errors", "metrics", "exclusions"]
     made += create_analysis_views(con, made, registered)
-    if "metrics" in made:
-        con.execute(published_sql())
-        made.append("published_baselines")
+    con.execute(published_sql())
+    made.append("published_baselines")
+    made += create_leaderboard_view(con, made)
     return made
 
 
+def create_empty_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """A table that nothing fed yet (no describer ran, say): a view with the columns its shards will
+    have (hive keys and `v` as text, as the shards' views read them) and no rows, so that a query
+    naming it answers instead of failing."""
+    spec = TABLES[name]
+    keys = [pa.field(k, pa.string()) for k in (*spec.partition_keys, "v")]
+    con.register("wdys_empty", pa.schema([*spec.columns, *keys]).empty_table())
+    try:
+        columns = con.execute("select column_name, column_type from (describe wdys_empty)").fetchall()
+    finally:
+        con.unregister("wdys_empty")
+    nulls = ", ".join(f'null::{kind} as "{column}"' for column, kind in columns)
+    con.execute(f"create or replace view {name} as select {nulls} where false")
+
+
 def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
-    """(Re)write `<root>/wdys.duckdb`. For object-store roots the file is kept in a local cache
-    folder ($WDYS_CATALOG_DIR, default ./.wdys) since DuckDB files cannot live on S3."""
-    path = catalog_path(root) if is_local(root) else local_catalog_path(root)
+    """(Re)write `<root>/wdys.duckdb`. For object-store roots the file is made in a local cache
+    folder ($WDYS_CATALOG_DIR, default ./.wdys), where `wdys query` opens it (DuckDB writes no
+    database on S3), then copied to the root (`publish_catalog`); returns the local path."""
+    path = catalog_file(root)
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     # Built aside and renamed into place: two runs refreshing at once never meet on DuckDB's file
@@ -220,9 +188,16 @@ def refresh_catalog(root: str, registered: Sequence[Registered] = ()) -> str:
         for leftover in (tmp, tmp + ".wal"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+    if not is_local(root):
+        publish_catalog(path, root)
     return path
 
 
-def local_catalog_path(root: str) -> str:
-    safe = root.replace("://", "_").replace("/", "_")
-    return os.path.join(settings.CATALOG_DIR.text(), safe, "wdys.duckdb")
+def publish_catalog(path: str, root: str) -> None:
+    """Copy the finished catalog to `<root>/wdys.duckdb` beside the results, so that anyone with
+    read access to the bucket can attach it read-only: its views name the shards by their URLs
+    (`s3://...`), which DuckDB's httpfs reads as they are, and our registered fsspec filesystem too.
+    One upload (a single PUT, or a multipart upload completed at once): a reader sees the previous
+    catalog or this one, never a part."""
+    fs, target = fsspec.core.url_to_fs(catalog_path(root))
+    fs.put_file(path, target)

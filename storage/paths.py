@@ -11,13 +11,16 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import fsspec
 
 from core import settings
 from core.errors import BadParameter
-from storage.schemas import TABLES, Table
+
+if TYPE_CHECKING:
+    from storage.schemas import Table
 
 NONE = "none"  # partition value for a key that does not apply (e.g. no describer)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -96,8 +99,16 @@ def partition_value(value: object) -> str:
     return text
 
 
+def table_layout(table: str | Table) -> Table:
+    """A table's declaration, imported when a path is made rather than with this module: it needs
+    pyarrow, which `wdys query` (storage/connection.py, which uses the paths here) must not wait for."""
+    from storage.schemas import TABLES
+
+    return TABLES[table] if isinstance(table, str) else table
+
+
 def partition_dir(root: str, table: str | Table, keys: Mapping[str, object]) -> str:
-    spec = TABLES[table] if isinstance(table, str) else table
+    spec = table_layout(table)
     missing = set(spec.partition_keys) - set(keys)
     extra = set(keys) - set(spec.partition_keys)
     if missing or extra:
@@ -126,14 +137,14 @@ def table_glob(root: str, table: str) -> str:
     """Every shard of a table. Temp and pending files start with '.', which the glob excludes
     explicitly: DuckDB's `*` matches a leading dot, so `*.parquet` would read a pending file's
     answers, and a half-written shard, as results."""
-    depth = len(TABLES[table].partition_keys) + 1
+    depth = len(table_layout(table).partition_keys) + 1
     return "/".join([root, table, *(["*"] * depth), "[!.]*.parquet"])
 
 
 def pending_glob(root: str, table: str) -> str:
-    """Every pending file of a table (`pending_path`)."""
-    depth = len(TABLES[table].partition_keys) + 1
-    return "/".join([root, table, *(["*"] * depth), ".*.pending.parquet"])
+    """Every pending file of a table (`pending_path`), at any depth (one lives only beside its
+    shard): the glob needs no table declaration, so the `pending` view opens without pyarrow."""
+    return "/".join([root, table, "**", ".*.pending.parquet"])
 
 
 def catalog_path(root: str) -> str:

@@ -49,13 +49,24 @@ def published_sql() -> str:
     """The `published_baselines` view: every image-only `templates` row of `metrics` whose encoder
     (architecture and weights, whatever its precision suffix) and dataset open_clip's table lists,
     with the published figure and the difference."""
-    values = ", ".join(f"('{e}', '{d}', {v})" for (e, d), v in sorted(published_top1().items()))
     return f"""
 create or replace view published_baselines as
-with published(weights, dataset, published_top1) as (values {values})
+with {published_cte()}
 select m.dataset, m.split, m.subset, m.encoder, m.class_weights, m.components, m.n, m.top1,
        p.published_top1::double as published_top1, m.top1 - p.published_top1::double as difference
 from metrics m join published p
-  on p.weights = regexp_replace(m.encoder, '{_PRECISION_SUFFIX}', '') and p.dataset = m.dataset
+  on p.weights = {encoder_weights_sql("m.encoder")} and p.dataset = m.dataset
 where m.components = 'image' and m.class_weights = 'templates'
 """
+
+
+def published_cte() -> str:
+    """`published(weights, dataset, published_top1)`: open_clip's table as a SQL common table
+    expression; `weights` is the encoder's partition value without its precision suffix."""
+    values = ", ".join(f"('{e}', '{d}', {v})" for (e, d), v in sorted(published_top1().items()))
+    return f"published(weights, dataset, published_top1) as (values {values})"
+
+
+def encoder_weights_sql(column: str) -> str:
+    """SQL for the weights an encoder column names: its partition value without a precision suffix."""
+    return f"regexp_replace({column}, '{_PRECISION_SUFFIX}', '')"

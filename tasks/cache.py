@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from storage.io import exists, write_table
+from storage.reuse import ID, ordered, reusable_rows
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,28 @@ def cached_shard(path: str, compute: Callable[[], tuple[pa.Table, int]]) -> Shar
     if exists(path):
         return ShardResult(path, computed=False)
     table, passes = compute()
+    publish(path, table)
+    return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
+
+
+def cached_image_rows(
+    path: str, image_ids: Callable[[], Sequence[str]], compute: Callable[[list[int]], tuple[pa.Table, int]]
+) -> ShardResult:
+    """`cached_shard` for a table of one row per image (`image_ids()`, in row order, asked only when
+    the shard does not exist yet): the rows of those images stored under another selection with
+    every other key equal are reused as they are (`storage.reuse`), and `compute(positions)` makes
+    the rows of the others, with its forward passes; it is not called when every row is found."""
+    if exists(path):
+        return ShardResult(path, computed=False)
+    ids = image_ids()
+    reused = reusable_rows(path, ids)
+    have = set(reused.column(ID).to_pylist()) if reused is not None else set()
+    todo = [i for i, k in enumerate(ids) if k not in have]
+    parts, passes = [] if reused is None else [reused], 0
+    if todo or not parts:
+        table, passes = compute(todo)
+        parts = [*(p.cast(table.schema) for p in parts), table]
+    table = ordered(pa.concat_tables(parts), [ID], ids)
     publish(path, table)
     return ShardResult(path, computed=True, forward_passes=passes, rows=table.num_rows)
 

@@ -26,7 +26,7 @@ from storage.addresses import class_descriptions_shard, class_weights_shard
 from storage.io import read_table
 from storage.keys import Answerer
 from storage.schemas import CLASS_DESCRIPTIONS, CLASS_WEIGHTS
-from tasks.answers import Settle, answer_shard, describer_task
+from tasks.answers import ShardAnswers, answer_shard, describer_task
 from tasks.cache import ShardResult, cached_shard
 from tasks.progress import stage
 from tasks.slots import MODEL_TAG, exclusive
@@ -47,7 +47,7 @@ def describe_classes(
     ]
     prompts = [class_description_prompts(name) for name in class_names]
 
-    def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
+    def ask(todo: list[int], shard: ShardAnswers) -> tuple[list[Answer], int]:
         asked = [items[i] for i in todo]
         describer = load_describer(answerer.describer, answerer.max_new_tokens, answerer.settings)
         with exclusive(describer) as passes:
@@ -55,9 +55,10 @@ def describe_classes(
                 [prompts[c][p] for c, p, _ in asked],
                 [s for *_, s in asked],
                 [class_names[c] for c, *_ in asked],
+                on_answer=shard.sink(todo),
             )
             spent = passes()
-        return settle(todo, answers), spent
+        return shard.settle(todo, answers), spent
 
     def rows(positions: list[int], answers: list[Answer]) -> pa.Table:
         table = [

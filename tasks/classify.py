@@ -1,6 +1,6 @@
-"""Classify one shard: fuse every component subset and score it against one set of class weights.
+"""Classify one shard: fuse every combination of components and score it against one set of class weights.
 
-Without an answerer (no describer) only the image-only subset is scored: plain zero-shot.
+Without an answerer (no describer) only the image alone is scored: plain zero-shot.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NONE as NO_CACHE
 
-from method.fusion import component_subsets, fuse, logits, normalize, subset_name, top_k
+from method.fusion import combination_name, component_combinations, fuse, logits, normalize, top_k
 from method.prompts import AnswerKind
 from storage.addresses import predictions_shard
 from storage.io import read_table
@@ -73,12 +73,12 @@ def classify_shard(
         components = load_components(images, texts)
         class_weights = read_class_weights(weights.path)
         columns: dict[str, list] = {"image_id": [], "label": [], "components": [], "top5": [], "scores": []}
-        for subset in component_subsets() if answerer else [("image",)]:
-            queries, valid = fuse(components, subset)
+        for combination in component_combinations() if answerer else [("image",)]:
+            queries, valid = fuse(components, combination)
             classes, scores = top_k(logits(np.nan_to_num(queries), class_weights), TOP)
             columns["image_id"] += rows.column("image_id").to_pylist()
             columns["label"] += rows.column("label").to_pylist()
-            columns["components"] += [subset_name(subset)] * len(valid)
+            columns["components"] += [combination_name(combination)] * len(valid)
             columns["top5"] += [c.tolist() if v else None for c, v in zip(classes, valid, strict=True)]
             columns["scores"] += [s.tolist() if v else None for s, v in zip(scores, valid, strict=True)]
         return pa.table(columns, schema=PREDICTIONS.schema()), 0

@@ -7,20 +7,22 @@ classes of the image ranked by an encoder's image-only scores.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
-from backends.base import Answer
+from backends.base import Answer, Describer
 from backends.registry import default_class_samples, describer_settings, load_describer
 from method.fusion import logits, normalize, shortlist
-from method.prompts import DESCRIPTION_PROMPT, prediction_prompt
+from method.prompts import DESCRIPTION_PROMPT, guess_prompt
 from sources.images import decode_manifest
 from storage.addresses import answers_shard
 from storage.io import exists, read_table
 from storage.keys import Answerer
 from storage.schemas import DESCRIPTIONS
-from tasks.answers import Settle, answer_shard, describer_task
+from tasks.answers import ShardAnswers, Sink, answer_shard, describer_task
 from tasks.cache import ShardResult
 from tasks.class_weights import read_class_weights
 from tasks.classify import embeddings_or_nan
@@ -54,28 +56,32 @@ def answers_table(image_ids: list[str], answers: list[Answer], classes: list[lis
     )
 
 
+AskDescriber = Callable[[Describer, list[int], list[Image.Image], Sink], list[Answer]]
+
+
 def answer_images(
-    manifest: ShardResult, answerer: Answerer, path: str, ask_describer, classes=None
+    manifest: ShardResult, answerer: Answerer, path: str, ask_describer: AskDescriber, classes=None
 ) -> ShardResult:
     """The shard of answers at `path`: decode the images of the shard's `manifest`, let
-    `ask_describer(describer, image_indices, images)` answer the ones that decoded and are not
-    answered yet, and record a decode error for the others. `classes[i]` is what a shortlisted
-    prompt listed for image i."""
+    `ask_describer(describer, image_indices, images, on_answer)` answer the ones that decoded and
+    are not answered yet (handing each answer to `on_answer` as it arrives), and record a decode
+    error for the others. `classes[i]` is what a shortlisted prompt listed for image i."""
     table = read_table(manifest.path)
     ids = table.column("image_id").to_pylist()
 
-    def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
+    def ask(todo: list[int], shard: ShardAnswers) -> tuple[list[Answer], int]:
         images, errors = decode_manifest(table.take(todo))
-        ok = [j for j, im in enumerate(images) if im is not None]
+        decoded = {j: im for j, im in enumerate(images) if im is not None}
+        ok = list(decoded)
         answers = [Answer(None, error=e) for e in errors]
         if not ok:
             return answers, 0
         describer = load_describer(answerer.describer, answerer.max_new_tokens, answerer.settings)
+        positions = [todo[j] for j in ok]
         with exclusive(describer) as passes:
-            got = ask_describer(describer, [todo[j] for j in ok], [images[j] for j in ok])
+            got = ask_describer(describer, positions, list(decoded.values()), shard.sink(positions))
             spent = passes()
-        got = settle([todo[j] for j in ok], got)
-        for j, answer in zip(ok, got, strict=True):
+        for j, answer in zip(ok, shard.settle(positions, got), strict=True):
             answers[j] = answer
         return answers, spent
 
@@ -90,7 +96,9 @@ def answer_images(
 @describer_task("describe")
 def describe_shard(root: str, shard: Shard, answerer: Answerer, manifest: ShardResult) -> ShardResult:
     path = answers_shard(root, shard.selection, shard.class_names, answerer, "description", shard.index)
-    return answer_images(manifest, answerer, path, lambda d, _, ims: d.describe(ims, DESCRIPTION_PROMPT))
+    return answer_images(
+        manifest, answerer, path, lambda d, _, ims, sink: d.describe(ims, DESCRIPTION_PROMPT, on_answer=sink)
+    )
 
 
 def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> list[list[int]]:
@@ -102,8 +110,8 @@ def shortlisted_classes(images: ShardResult, ranking: ShardResult, k: int) -> li
 
 
 @stage("describe")
-@describer_task("predict")
-def predict_shard(
+@describer_task("guess")
+def guess_shard(
     root: str,
     shard: Shard,
     answerer: Answerer,
@@ -128,8 +136,11 @@ def predict_shard(
     else:
         listed = shortlisted_classes(images, ranking, answerer.shortlist)
 
-    def guess(describer, indices, images):
+    def guess(
+        describer: Describer, indices: list[int], images: list[Image.Image], sink: Sink
+    ) -> list[Answer]:
         class_lists = [[names[c] for c in listed[i]] for i in indices]
-        return describer.predict(images, [prediction_prompt(c) for c in class_lists], class_lists)
+        prompts = [guess_prompt(c) for c in class_lists]
+        return describer.guess(images, prompts, class_lists, on_answer=sink)
 
     return answer_images(manifest, answerer, path, guess, listed if answerer.shortlist else None)

@@ -14,7 +14,7 @@ from storage.addresses import image_embeddings_shard, text_embeddings_shard
 from storage.io import read_table
 from storage.keys import Answerer
 from storage.schemas import IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS
-from tasks.cache import ShardResult, cached_shard
+from tasks.cache import ShardResult, cached_image_rows
 from tasks.plan import Shard
 from tasks.progress import stage
 from tasks.slots import MODEL_TAG, exclusive
@@ -29,14 +29,20 @@ def embedding_column(vectors: np.ndarray | None, present: list[bool], dim: int) 
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([not p for p in present]))
 
 
+def image_ids(shard: ShardResult) -> list[str]:
+    """The image ids of an upstream shard, in row order (its other columns are not read)."""
+    return read_table(shard.path, columns=["image_id"]).column("image_id").to_pylist()
+
+
 @stage("embed")
 @task(cache_policy=NO_CACHE, name="embed-images", tags=[MODEL_TAG])
 def embed_images_shard(root: str, shard: Shard, encoder_id: str, manifest: ShardResult) -> ShardResult:
-    """Embed the images of the shard's `manifest` (ingest's result)."""
+    """Embed the images of the shard's `manifest` (ingest's result) that no other selection of the
+    split embedded with this encoder."""
     path = image_embeddings_shard(root, shard.selection, encoder_id, shard.index)
 
-    def compute():
-        rows = read_table(manifest.path)
+    def compute(todo: list[int]):
+        rows = read_table(manifest.path).take(todo)
         images, errors = decode_manifest(rows)
         encoder = load_encoder(encoder_id)
         present = [im is not None for im in images]
@@ -56,7 +62,7 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str, manifest: Shard
         )
         return table, spent
 
-    return cached_shard(path, compute)
+    return cached_image_rows(path, lambda: image_ids(manifest), compute)
 
 
 @stage("embed")
@@ -64,13 +70,14 @@ def embed_images_shard(root: str, shard: Shard, encoder_id: str, manifest: Shard
 def embed_texts_shard(
     root: str, shard: Shard, encoder_id: str, answerer: Answerer, kind: AnswerKind, asked: ShardResult
 ) -> ShardResult:
-    """Embed one kind of answer ('description' or 'prediction') of one shard: the answers `asked`."""
+    """Embed one kind of answer ('description' or 'prediction') of one shard: the answers `asked`
+    that no other selection of the split embedded with this encoder."""
     path = text_embeddings_shard(
         root, shard.selection, shard.class_names, encoder_id, answerer, kind, shard.index
     )
 
-    def compute():
-        answers = read_table(asked.path, columns=["image_id", "text"])
+    def compute(todo: list[int]):
+        answers = read_table(asked.path, columns=["image_id", "text"]).take(todo)
         texts = answers.column("text").to_pylist()
         present = [t is not None for t in texts]
         encoder = load_encoder(encoder_id)
@@ -88,4 +95,4 @@ def embed_texts_shard(
         )
         return table, spent
 
-    return cached_shard(path, compute)
+    return cached_image_rows(path, lambda: image_ids(asked), compute)

@@ -83,6 +83,6 @@ def evaluate(root: str, runs: list[dict[str, str]]) -> list[dict]:
     create_table_artifact(
         key="wdys-metrics",
         table=[{k: r[k] for k in (*SHOWN, *FIGURES)} for r in rows],
-        description="Top-1 / top-5 per component subset (gain in points over image-only).",
+        description="Top-1 / top-5 per combination of components (gain in points over image-only).",
     )
     return rows

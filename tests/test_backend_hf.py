@@ -82,7 +82,7 @@ def test_batch_matches_one_by_one(describer: HFDescriber, photos: list[Image.Ima
     batched = describer.describe(photos, PROMPT)
     single = [describer.describe([photo], PROMPT)[0] for photo in photos]
     assert without_latency(batched) == without_latency(single)
-    predicted = describer.predict(
+    predicted = describer.guess(
         photos, [PROMPT] * len(photos), [["cat", "dog"]] * len(photos)
     )  # same path: the prompt lists the classes
     assert without_latency(predicted) == without_latency(batched)

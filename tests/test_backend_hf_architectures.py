@@ -56,7 +56,7 @@ def test_batch_of_images_matches_one_by_one(describer: HFDescriber, images: list
     assert _key(batched) == _key(single)
     assert all(a.error is None and a.text and a.prompt_tokens > 0 for a in batched)
     assert len({a.text for a in batched}) > 1, "the images, not only the prompt, should decide the answers"
-    predicted = describer.predict(images[::-1], [PROMPT] * 3, [["cat", "dog"]] * 3)
+    predicted = describer.guess(images[::-1], [PROMPT] * 3, [["cat", "dog"]] * 3)
     assert _key(predicted) == _key(batched[::-1])
 
 

@@ -99,7 +99,7 @@ def test_device_error_is_unavailable(model_dir: Path, monkeypatch: pytest.Monkey
     assert "nvidia-smi" in message and str(model_dir) in message
     calls = len(seen)
     assert _unavailable(lambda: describer.describe_classes(["Describe a cat"], [0], ["cat"])) == message
-    assert _unavailable(lambda: describer.predict(_images(20), [PROMPT], [["a"]])) == message
+    assert _unavailable(lambda: describer.guess(_images(20), [PROMPT], [["a"]])) == message
     assert len(seen) == calls  # later calls fail without running the model
 
 

@@ -108,7 +108,7 @@ def test_concurrency_is_bounded(server: FakeChatServer, monkeypatch: pytest.Monk
     server.delay_s = 0.05
     describer = load()
 
-    answers = describer.predict(
+    answers = describer.guess(
         images(*[(20 + i, 20) for i in range(12)]), ["Which class?"] * 12, [["a", "b"]] * 12
     )
 
@@ -136,7 +136,7 @@ def test_empty_content_is_an_error(server: FakeChatServer) -> None:
 def test_length_capped_answer_is_kept_and_flagged(server: FakeChatServer) -> None:
     describer = load(max_new_tokens=7)
 
-    capped, thinking, full = describer.predict(
+    capped, thinking, full = describer.guess(
         images((20, 20), (21, 21), (22, 22)), [LENGTH, THINKING, "Which class?"], [["a"]] * 3
     )
 

@@ -64,7 +64,7 @@ def test_systemic_status_fails_the_describer_at_once(
     assert sent <= describer.concurrency  # in-flight requests only; no retries of a 401
     # Later calls fail the same way, without a request.
     assert _unavailable(lambda: describer.describe_classes(["Describe a cat"], [0], ["cat"])) == message
-    assert _unavailable(lambda: describer.predict(images((9, 9)), ["Which?"], [["a"]])) == message
+    assert _unavailable(lambda: describer.guess(images((9, 9)), ["Which?"], [["a"]])) == message
     assert len(server.requests) == sent
 
 
@@ -148,11 +148,11 @@ def test_rate_limit_left_after_retries_is_retryable(server: FakeChatServer) -> N
 
 def test_bad_request_for_one_item_is_its_error(server: FakeChatServer) -> None:
     describer = load()
-    ok, bad = describer.predict(images((20, 20), (21, 21)), ["Which class?", BAD_ITEM], [["a"]] * 2)
+    ok, bad = describer.guess(images((20, 20), (21, 21)), ["Which class?", BAD_ITEM], [["a"]] * 2)
     assert ok.error is None and ok.text
     assert bad.text is None and not bad.retryable and "image too large" in bad.error
     # Once the describer has answered, even a whole batch of item failures stays item errors.
-    answers = describer.predict(images((20, 20), (21, 21)), [BAD_ITEM] * 2, [["a"]] * 2)
+    answers = describer.guess(images((20, 20), (21, 21)), [BAD_ITEM] * 2, [["a"]] * 2)
     assert all(a.error and not a.retryable for a in answers)
 
 

@@ -124,10 +124,10 @@ def test_fetch_resumes_a_part_verifies_the_count_then_runs_read_the_copy(
     write_wds(tmp_path / "hub" / "wds", "test", labels, bench.class_names, shards=2)
     fake_hub.add("clip-benchmark/wds_vtab-caltech101", tmp_path / "hub" / "wds")
     data = tmp_path / "data"
-    assert guarded(fetch_main, ["--fetch", "caltech101"]) == 2  # 5 images: not the 6,084 of the split
+    assert guarded(fetch_main, ["--fetch", "caltech101"]) == 2  # 5 images: not the 6,085 of the split
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: caltech101: the copy at {data / '.caltech101.fetching'} holds 5 images, the evaluation "
-        "split has 6084"
+        "split has 6085"
     ]
     assert not (data / "caltech101").exists()  # a wrong copy never becomes the one runs read
     shard = (tmp_path / "hub" / "wds" / "test" / "0.tar").read_bytes()
@@ -167,3 +167,52 @@ def test_fetch_copies_a_parquet_source_and_counts_an_archive(
     fake_hub.requests.clear()
     source = open_dataset("food101", "test")  # the fetched copy, found under the hub's split name
     assert source.num_rows == 3 and not fake_hub.requests
+
+
+def test_every_registered_size_is_in_the_docs_with_its_source():
+    """docs/datasets.md's tables give each benchmark's registered size and where it comes from."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    rows = {}
+    for line in docs.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [c.strip("`") for c in cells if c.startswith("`") and c.strip("`") in BENCHMARKS_BY_NAME]
+        if line.startswith("|") and names:
+            rows[names[0]] = cells
+    assert set(rows) == set(BENCHMARKS_BY_NAME)
+    for name, cells in rows.items():
+        assert any(f"{BENCHMARKS_BY_NAME[name].size:,}" in c for c in cells), name
+        source = cells[3] if name in PAPER_BENCHMARKS else cells[4]
+        assert any(w in source for w in ("dataset card", "DataComp", "CLIP_benchmark", "paper", "TFDS")), name
+    assert BENCHMARKS_BY_NAME["fer2013"].size == 7_178 and BENCHMARKS_BY_NAME["caltech101"].size == 6_085
+
+
+def test_a_partial_places365_unpacking_is_refused_and_fetch_completes_it(
+    prefect_server, archive_server, tmp_path, monkeypatch, capsys
+):
+    """`val_256` holding fewer images than the devkit's file list: a run fails in one line naming
+    both counts, exit status 2, before any model loads; `wdys datasets --fetch` unpacks it again
+    from the archive it kept (no new download)."""
+    from flows.benchmark import main as flow_main
+
+    open_dataset("places365", "val")  # downloads and unpacks the 3 images
+    images = tmp_path / "data" / "places365" / "torchvision" / "val_256"
+    (images / "Places365_val_00000002.jpg").unlink()
+    expected = (
+        f"places365: {images} holds 2 of the 3 images its file list names (unpacking cut short? "
+        "Places365_val_00000002.jpg is missing); `wdys datasets --fetch places365` completes it"
+    )
+    with pytest.raises(BadDataset) as refused:
+        open_dataset("places365", "val")
+    assert str(refused.value) == expected
+    root = tmp_path / "root"
+    args = ["--datasets", "places365", "--splits", "val", "--root", str(root), "--image-only", "--limit", "2"]
+    assert guarded(flow_main, args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {expected}"] and not (root / "manifest").exists()
+    places = BENCHMARKS_BY_NAME["places365"]
+    monkeypatch.setitem(BENCHMARKS_BY_NAME, "places365", dataclasses.replace(places, size=3))
+    asked = len(archive_server)
+    assert guarded(fetch_main, ["--fetch", "places365"]) == 0
+    assert open_dataset("places365", "val").num_rows == 3
+    assert (images / "Places365_val_00000002.jpg").is_file()
+    assert "/val_256.tar" not in archive_server[asked:]

@@ -27,7 +27,7 @@ from flows.cluster import PlacedDaskTaskRunner
 from storage.io import filesystem
 from tasks.answers import for_describer
 from tasks.class_weights import describe_classes
-from tasks.describe import describe_shard, predict_shard
+from tasks.describe import describe_shard, guess_shard
 from tasks.slots import MODEL_TAG
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ def test_a_root_the_workers_cannot_see_fails_before_any_task(cluster, prefect_se
     assert fs.glob("/wdys-not-shared/run/.wdys-reach/*") == []  # the marker is removed again
 
 
-@pytest.mark.parametrize("describer_task", [describe_shard, predict_shard, describe_classes])
+@pytest.mark.parametrize("describer_task", [describe_shard, guess_shard, describe_classes])
 def test_a_served_describer_asks_no_gpu_and_keeps_its_retries(describer_task) -> None:
     """An `openai:` describer only sends requests: its tasks drop the model tag (no GPU resource on
     Dask, no tag-concurrency lease per task); a local describer's keep it."""

@@ -56,6 +56,7 @@ class FaultServer(ThreadingHTTPServer):
         self.outage_after: int | None = None  # or: the window opens after this many answers
         self.outage_s = 0.0
         self.quota: int | None = None  # the key's credit: 402 insufficient_quota once this many are answered
+        self.charged = 0  # requests admitted against `quota`
 
 
 class FaultHandler(BaseHTTPRequestHandler):
@@ -92,6 +93,10 @@ class FaultHandler(BaseHTTPRequestHandler):
             ):
                 srv.outage = (now, now + srv.outage_s)
             down = srv.outage is not None and srv.outage[0] <= now < srv.outage[1]
+            # a credit is taken as the request is admitted, so concurrent requests never overdraw it
+            spent = srv.quota is not None and srv.charged >= srv.quota
+            signed = self.headers.get("Authorization") == f"Bearer {GOOD_KEY}"
+            srv.charged += not spent and not down and signed
         fast = {"retry-after-ms": "5"}
         first = attempt == 1
         if self.headers.get("Authorization") != f"Bearer {GOOD_KEY}":
@@ -100,7 +105,7 @@ class FaultHandler(BaseHTTPRequestHandler):
             )
         if down:
             return self.send(503, {"error": {"message": "overloaded"}}, fast)
-        if srv.quota is not None and sum(srv.answered.values()) >= srv.quota:
+        if spent:
             return self.send(402, {"error": QUOTA_ERROR})
         if width == ALWAYS_400:
             return self.send(400, {"error": {"message": "this image was refused by the content filter"}})
@@ -302,7 +307,8 @@ def stored_answers(root: Path) -> list[dict]:
 def test_quota_running_out_mid_shard_stores_nothing_of_that_shard(prefect_server, fault_server, tmp_path):
     """The key's credit runs out after 12 answers (402 insufficient_quota for every later request):
     the run fails with the reason, no published shard holds a quota error and the half-done shards
-    are not published; the rerun, with credit again, asks every unanswered item and stores no error."""
+    are not published, their answers kept pending; the rerun, with credit again, asks exactly the
+    items never answered and stores no error."""
     from backends import registry
 
     fault_server.quota = 12
@@ -320,11 +326,14 @@ def test_quota_running_out_mid_shard_stores_nothing_of_that_shard(prefect_server
                    for f in root.rglob(".*.pending.parquet"))  # fmt: skip
     answered_before = sum(fault_server.answered.values())
 
-    fault_server.quota = None  # credit again, same key, same endpoint
-    registry._load_describer.cache_clear()  # a rerun is a new process: no describer loaded yet
+    fault_server.quota = None  # credit again, same key, same endpoint, in the same process: the
+    assert registry._load_describer.cache_info().currsize  # describer that met the 402 is asked again
     result = benchmark(**run)
 
     stored = stored_answers(root)
     assert len(stored) == 2 * 16 and all(r["error"] is None and r["text"] for r in stored)
-    assert sum(fault_server.answered.values()) - answered_before == 2 * 16 - len(first)
+    # the answers got before the credit ran out were kept (in the pending files): the rerun asks
+    # exactly the total minus those, nothing twice
+    assert answered_before == 12 and sum(fault_server.answered.values()) - answered_before == 2 * 16 - 12
+    assert max(fault_server.answered.values()) == 1
     assert all(r["excluded"] == 0 for r in result["metrics"]) and error_rows(root) == 0

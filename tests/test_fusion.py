@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from method.fusion import (
-    component_subsets,
+    combination_name,
+    component_combinations,
     ensemble,
     fuse,
     logits,
     normalize,
-    subset_name,
     sum_weights,
     top_k,
 )
@@ -24,12 +24,12 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 
 def test_seven_subsets_image_only_first():
-    names = [subset_name(s) for s in component_subsets()]
+    names = [combination_name(s) for s in component_combinations()]
     assert names[0] == "image" and len(names) == len(set(names)) == 7
     assert "image+description+prediction" in names and "description+prediction" in names
 
 
-@pytest.mark.parametrize("subset", component_subsets(), ids=subset_name)
+@pytest.mark.parametrize("subset", component_combinations(), ids=combination_name)
 def test_fusion_matches_direct_formula(subset):
     n, dim, classes = 50, 16, 7
     raw = {k: rng.normal(size=(n, dim)) for k in ("image", "description", "prediction")}

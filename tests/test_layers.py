@@ -1,6 +1,6 @@
 """The layers hold: a module imports only from its own layer or below, flows import nothing from the
-command line, benchmarks nothing from the tests, and no modules import each other in a circle
-(imports inside functions count too). Read from the source with `ast`, nothing is imported."""
+command line, the performance measurements (`perf/`) nothing from the tests, and no modules import
+each other in a circle (imports inside functions count too). Read from the source with `ast`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["core", "method", "storage", "sources", "backends", "tasks", "flows", "deployments", "wdys"]
-OUTSIDE = ["fakes", "benchmarks", "tests"]  # not product code: may use any layer, never each other's tests
+OUTSIDE = ["fakes", "perf", "tests"]  # not product code: may use any layer, never each other's tests
 
 
 def module_name(path: Path) -> str:
@@ -48,9 +48,9 @@ def test_each_layer_imports_only_its_own_and_below():
     assert wrong == []
 
 
-def test_benchmarks_and_fakes_import_nothing_from_the_tests():
+def test_perf_and_fakes_import_nothing_from_the_tests():
     graph = project_imports()
-    wrong = [f"{m} -> {t}" for m in graph if m.split(".")[0] in ("benchmarks", "fakes") for t in graph[m]]
+    wrong = [f"{m} -> {t}" for m in graph if m.split(".")[0] in ("perf", "fakes") for t in graph[m]]
     assert [w for w in wrong if w.split(" -> ")[1].startswith("tests")] == []
 
 

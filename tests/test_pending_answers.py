@@ -7,6 +7,11 @@ listed by the `pending` view and never read as results."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from backends.base import Answer, DescriberUnavailable
-from fakes.chat_server import BAD_ITEM, FAIL_SIZE, FakeChatServer, images, load, serving
+from fakes.chat_server import BAD_ITEM, FAIL_SIZE, ODD, FakeChatServer, images, load, serving
 from storage import query
 from storage.catalog import create_views
 from storage.paths import pending_path, shard_path
 from storage.schemas import DESCRIPTIONS
-from tasks.answers import MAX_ANSWER_ATTEMPTS, SYSTEMIC_TAIL, AnswersPending, Settle, answer_shard
+from tasks.answers import MAX_ANSWER_ATTEMPTS, SYSTEMIC_TAIL, AnswersPending, ShardAnswers, answer_shard
 from tasks.describe import answers_table
 
 GOOD = (20, 20)
@@ -38,11 +43,10 @@ def shard(path: Path, sizes: list[tuple[int, int]], prompts: list[str]) -> objec
     ids = [f"img{i}" for i in range(len(sizes))]
     describer = load()
 
-    def ask(todo: list[int], settle: Settle) -> tuple[list[Answer], int]:
-        answers = describer.predict(
-            images(*[sizes[i] for i in todo]), [prompts[i] for i in todo], [["a"]] * len(todo)
-        )
-        return settle(todo, answers), 0
+    def ask(todo: list[int], shard: ShardAnswers) -> tuple[list[Answer], int]:
+        asked = images(*[sizes[i] for i in todo])
+        answers = describer.guess(asked, [prompts[i] for i in todo], [["a"]] * len(todo), shard.sink(todo))
+        return shard.settle(todo, answers), 0
 
     def rows(positions: list[int], answers: list[Answer]):
         return answers_table([ids[i] for i in positions], answers, None)
@@ -136,7 +140,8 @@ def test_pending_items_are_listed_and_never_read_as_results(
         shard(Path(path), [GOOD, FAIL_SIZE], ["Which?"] * 2)
 
     with duckdb.connect() as con:
-        assert "descriptions" not in create_views(con, root)  # img0's answer waits; it is no result yet
+        create_views(con, root)  # img0's answer waits; it is no result yet
+        assert con.sql("select count(*) from descriptions").fetchall() == [(0,)]
     query.main(["--root", root, "select item, attempts, last_error from pending"])  # no catalog yet
     out = capsys.readouterr().out
     assert "img1" in out and "img0" not in out and "500" in out
@@ -148,3 +153,82 @@ def test_pending_items_are_listed_and_never_read_as_results(
             continue
     query.main(["--root", root, "select count(*) as waiting from pending"])
     assert "│       0 │" in capsys.readouterr().out
+
+
+def test_answers_got_before_the_credit_ran_out_are_kept(server: FakeChatServer, tmp_path: Path) -> None:
+    """The key's credit runs out after 5 of a shard's 12 answers (402 insufficient_quota for every
+    later request): the run fails with the reason and publishes nothing, and the rerun with credit
+    asks exactly the 7 items never answered."""
+    path = tmp_path / "shard-00000.parquet"
+    sizes, prompts = [(20 + i, 20) for i in range(12)], ["Which?"] * 12
+    server.quota = 5
+    with pytest.raises(DescriberUnavailable, match="quota"):
+        shard(path, sizes, prompts)
+    assert not path.exists() and server.answered == 5
+    kept = pq.read_table(pending_path(str(path)))
+    assert kept.num_rows == 5 and kept.column("error").null_count == 5
+
+    server.quota, before = None, len(server.requests)
+    result = shard(path, sizes, prompts)
+
+    assert result.computed and len(server.requests) - before == 12 - 5  # total minus N, exactly
+    assert pq.read_table(path).column("error").null_count == 12
+    assert server.answered == 12  # no item was answered (and paid for) twice
+
+
+KILLED_RUN = """
+import sys, tasks.answers as answers, test_pending_answers as t
+from pathlib import Path
+answers.SAVE_EVERY_S = 0.2
+t.shard(Path(sys.argv[1]), [(20 + i, 20) for i in range(40)], ["Which?"] * 40)
+"""
+
+
+def test_a_run_killed_mid_shard_keeps_the_answers_it_saved(server: FakeChatServer, tmp_path: Path) -> None:
+    """Answers are written as they arrive (every `SAVE_EVERY_S`, here 0.2 s): a run SIGKILLed in
+    the middle of a shard loses at most those seconds, and the rerun does not ask what was saved."""
+    path = tmp_path / "shard-00000.parquet"
+    pending = Path(pending_path(str(path)))
+    server.delay_s = 0.05
+    env = {**os.environ, "WDYS_OPENAI_CONCURRENCY": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path)], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            pending.exists() and pq.read_metadata(pending).num_rows >= 5
+        ):
+            assert proc.poll() is None, "the run ended before it was killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    saved = pq.read_table(pending).num_rows
+    assert 5 <= saved < 40 and not path.exists()
+
+    server.delay_s, before = 0.0, len(server.requests)
+    shard(path, [(20 + i, 20) for i in range(40)], ["Which?"] * 40)
+
+    asked = {r["size"] for r in server.requests[before:]}
+    assert len(asked) == 40 - saved and len(pq.read_table(path)) == 40
+
+
+def test_only_a_refusal_of_the_items_input_is_its_error(server: FakeChatServer, tmp_path: Path) -> None:
+    """A failure of unknown cause (418) stays pending wherever it falls, the last item of a shard
+    included, and is asked again; a 400 naming the input, a 413 or a 415 is the item's error row; a
+    400 that names no input (a proxy's own trouble) is asked again."""
+    path = tmp_path / "shard-00000.parquet"
+    with pytest.raises(AnswersPending, match="418"):
+        shard(path, [GOOD, (21, 21), (22, 22)], ["Which?", BAD_ITEM, ODD])
+    assert not path.exists()
+
+    shard(path, [GOOD, (21, 21), (22, 22)], ["Which?", BAD_ITEM, "Which?"])
+
+    rows = pq.read_table(path).to_pylist()
+    assert [r["text"] is not None for r in rows] == [True, False, True]
+    assert sent(server, (22, 22)) == 2 and sent(server, (21, 21)) == 1  # the refusal was not asked again
+
+    describer = load()
+    for status, message, own in [(413, "", True), (415, "", True), (400, "upstream said no", False)]:
+        server.status, server.message = status, message
+        (answer,) = describer.describe(images(GOOD), "Which?")
+        assert answer.text is None and answer.retryable is not own, (status, message)

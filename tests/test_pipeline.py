@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from flows.benchmark import benchmark
-from method.fusion import component_subsets, normalize, subset_name
+from method.fusion import combination_name, component_combinations, normalize
 from sources.benchmarks import EMBEDDED_DATASETS
 from storage.io import read_table
 
@@ -51,7 +51,7 @@ def test_metrics_cover_every_subset_and_weighting(first_run):
     rows = result["metrics"]
     assert result["forward_passes"] > 0 and result["shards_cached"] == 0
     assert len(rows) == 7 * 5
-    assert {r["components"] for r in rows} == {subset_name(s) for s in component_subsets()}
+    assert {r["components"] for r in rows} == {combination_name(s) for s in component_combinations()}
     for r in rows:
         assert r["n"] == 24 and r["excluded"] == 0
         assert 0 <= r["top1"] <= r["top5"] <= 100

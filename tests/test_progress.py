@@ -102,7 +102,7 @@ def test_each_shard_task_declares_its_stage():
     from tasks.answers import for_describer
     from tasks.class_weights import class_weights_task, describe_classes
     from tasks.classify import classify_shard
-    from tasks.describe import describe_shard, predict_shard
+    from tasks.describe import describe_shard, guess_shard
     from tasks.embed import embed_images_shard, embed_texts_shard
     from tasks.ingest import ingest_shard
     from tasks.plan import plan_dataset
@@ -110,8 +110,8 @@ def test_each_shard_task_declares_its_stage():
     declared = {
         ingest_shard: "ingest",
         describe_shard: "describe",
-        predict_shard: "describe",
-        for_describer(predict_shard, "openai:served"): "describe",  # a copy without the gpu tag
+        guess_shard: "describe",
+        for_describer(guess_shard, "openai:served"): "describe",  # a copy without the gpu tag
         embed_images_shard: "embed",
         embed_texts_shard: "embed",
         describe_classes: "class weights",

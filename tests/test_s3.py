@@ -1,12 +1,16 @@
 """An `s3://` storage root on moto's S3 server (127.0.0.1): the benchmark writes the same metrics as
-with a local root, reruns compute nothing, DuckDB reads the results through fsspec, interrupted
+with a local root, reruns compute nothing, DuckDB reads the results through fsspec (in a second
+process with nothing of ours, on the catalog copied beside the results), interrupted
 writes leave no object, and no credential is stored. Credentials and endpoint come from the
 environment only."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from s3_support import moto_s3
 from flows.benchmark import benchmark
 from storage import io as sio
 from storage import query
-from storage.catalog import connect, local_catalog_path
+from storage.connection import connect, local_catalog_path
 from storage.paths import resolve_root
 
 BUCKET, PREFIX = "wdys-test", "runs/quick"
@@ -90,7 +94,7 @@ def test_a_shard_removed_by_another_client_is_recomputed(runs):
 def test_duckdb_reads_the_s3_results_through_fsspec(runs, capsys):
     _, _, first = runs
     database = local_catalog_path(ROOT)
-    assert Path(database).is_file() and not fresh_fs().exists(f"{BUCKET}/{PREFIX}/wdys.duckdb")
+    assert Path(database).is_file() and fresh_fs().exists(f"{BUCKET}/{PREFIX}/wdys.duckdb")
     with connect(ROOT, database, read_only=True) as con:
         assert_same_metrics(
             con.sql("select * from metrics").to_arrow_table().to_pylist(), first["metrics"], 2 * 7
@@ -102,6 +106,49 @@ def test_duckdb_reads_the_s3_results_through_fsspec(runs, capsys):
     out = capsys.readouterr().out
     assert out.count("image+description+prediction") == 2 and "template" in out
     assert re.search(rf"│\s+{PARAMS['limit']}\s+│", out)
+
+
+# A second process with nothing of ours: duckdb and fsspec (s3fs, configured by the environment) open
+# the catalog that the run copied next to the results, as the plain `duckdb` command line does with
+# httpfs, which cannot be installed here: DuckDB attaches an `s3://` database file only through
+# httpfs, so the script copies the file with fsspec, and its views read the shards through fsspec.
+ATTACH_SCRIPT = """
+import json, os, sys, tempfile
+import duckdb, fsspec
+fs = fsspec.filesystem("s3")
+local = os.path.join(tempfile.mkdtemp(), "wdys.duckdb")
+fs.get_file(f"{sys.argv[1]}/wdys.duckdb", local)
+con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+con.register_filesystem(fs)
+con.execute(f"ATTACH '{local}' AS results (READ_ONLY)")
+con.execute("USE results")
+views = con.sql("select sql from duckdb_views() where database_name = 'results'").fetchall()
+metrics = con.sql("select * from metrics").to_arrow_table().to_pylist()
+board = con.sql("select count(*) from leaderboard").fetchall()[0][0]
+httpfs = con.sql("select count(*) from duckdb_extensions() where extension_name = 'httpfs' and loaded")
+ours = ("core", "method", "storage", "sources", "backends", "tasks", "flows", "wdys", "prefect", "torch")
+print(json.dumps({
+    "views": [v for (v,) in views],
+    "metrics": metrics,
+    "leaderboard": board,
+    "httpfs": httpfs.fetchall()[0][0],
+    "imported": sorted({m.split(".")[0] for m in sys.modules} & set(ours)),
+}))
+"""
+
+
+def test_the_catalog_beside_the_results_opens_with_duckdb_and_fsspec_alone(runs):
+    _, _, first = runs
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", ATTACH_SCRIPT, ROOT], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["imported"] == [] and seen["httpfs"] == 0
+    assert_same_metrics(seen["metrics"], first["metrics"], 2 * 7)
+    assert seen["leaderboard"] == 2  # one encoder x describer x dataset, two class weightings
+    urls = [u for sql in seen["views"] for u in re.findall(r"read_parquet\('([^']+)'", sql)]
+    assert len(urls) >= 6 and all(u.startswith(f"{ROOT}/") for u in urls)  # s3:// URLs, as they are
 
 
 def test_no_credential_is_stored(runs):

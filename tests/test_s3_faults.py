@@ -28,7 +28,7 @@ from s3_support import moto_s3
 
 from flows.benchmark import benchmark
 from storage import io as sio
-from storage.catalog import connect, local_catalog_path
+from storage.connection import connect, local_catalog_path
 from tasks.evaluate import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,6 +224,8 @@ class Watcher(threading.Thread):
         for path, info in listing.items():
             if path in self.seen or path.removeprefix(self.prefix + "/").split("/", 1)[0] not in SHARD_TABLES:
                 continue
+            if path.rpartition("/")[2].startswith("."):  # a pending file: rewritten as answers arrive
+                continue
             self.seen[path] = info["ETag"]
             try:
                 pq.read_table(pa.BufferReader(self.fs.cat_file(path)))
@@ -251,6 +253,7 @@ def shard_objects(fs: s3fs.S3FileSystem, root: str) -> dict[str, bytes]:
         p.removeprefix(prefix): fs.cat_file(p)
         for p in fs.find(prefix)
         if p.removeprefix(prefix).split("/", 1)[0] in SHARD_TABLES
+        and not p.rpartition("/")[2].startswith(".")
     }
 
 

@@ -91,5 +91,6 @@ def test_catalog_views_read_hive_keys_as_text(tmp_path):
     rows = con.sql("select encoder, count(*) from image_embeddings group by encoder").fetchall()
     assert rows == [("0123", 4)]
     con.close()
-    made = create_views(duckdb.connect(), root)
-    assert made == ["image_embeddings"]  # no predictions yet, so no metrics view
+    con = duckdb.connect()
+    assert {"image_embeddings", "predictions", "metrics", "errors"} <= set(create_views(con, root))
+    assert con.sql("select count(*) from metrics").fetchall() == [(0,)]  # no predictions yet: empty

@@ -149,3 +149,19 @@ def test_a_resident_hf_model_is_released_before_a_server_starts_on_its_device(fa
         assert not vlm.resident and hf_resident.resident_on("cpu") == []
     finally:
         hf_resident._loaded.remove(vlm)
+
+
+def test_its_tasks_take_no_tag_lease_but_keep_their_gpu_worker() -> None:
+    """Like an `openai:` describer's, a `vllm:` one's shard tasks carry no tag (Prefect's per-task
+    tag lease stalled the task threads: 0.64 -> 0.86 of the server's rate), yet on Dask they still
+    ask for a GPU worker, where their server runs (`on_device`, read by flows/cluster.py)."""
+    from tasks.answers import for_describer
+    from tasks.describe import describe_shard
+    from tasks.slots import MODEL_TAG
+
+    managed = for_describer(describe_shard, "vllm:org/vlm")
+    served = for_describer(describe_shard, "openai:org/vlm")
+    assert MODEL_TAG in describe_shard.tags and not managed.tags and managed is not served
+    assert managed.on_device and not served.on_device
+    assert managed.retries == describe_shard.retries
+    assert for_describer(describe_shard, "vllm:org/x") is managed

@@ -9,6 +9,8 @@ import tarfile
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from wds_support import add_member, isolate_benchmarks, write_wds
 
@@ -213,3 +215,48 @@ def test_clip_benchmarks_collection_is_registered_from_its_wds_copies(tmp_path, 
     fake_hub.add("clip-benchmark/wds_vtab-flowers", tmp_path / "flowers")  # CLIP_benchmark's vtab/flowers
     with pytest.raises(BadDataset, match="has 2 classes, but vtab/flowers \\('flowers'\\) has 102"):
         open_dataset("flowers", "test")
+
+
+def test_a_copy_cut_short_is_refused_naming_the_file(tmp_path):
+    """A 20-sample shard cut in half (mid-member), one cut at a member boundary (no end-of-archive
+    blocks) and a Parquet file without its footer: each one line naming the file."""
+    write_wds(tmp_path / "a", "test", [i % 3 for i in range(20)], CLASSES, shards=1)
+    shard = tmp_path / "a" / "test" / "0.tar"
+    whole = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        boundary = tar.getmembers()[24].offset  # the header of sample 12's image
+    shard.write_bytes(whole[: boundary + 600])  # half way, inside sample 12's image
+    with pytest.raises(BadDataset) as cut:
+        open_dataset(f"wds:{tmp_path / 'a'}", "test")
+    assert str(cut.value).startswith(f"{shard}: the shard is cut short (it ends inside member 's0000012.jpg'")
+    shard.write_bytes(whole[:boundary])
+    with pytest.raises(BadDataset, match="ends after member 's0000011.cls' without tar's end-of-archive"):
+        open_dataset(f"wds:{tmp_path / 'a'}", "test")
+    shard.write_bytes(whole)
+    assert open_dataset(f"wds:{tmp_path / 'a'}", "test").num_rows == 20
+    table = pa.table({"image": pa.array([b"x"], pa.binary()), "label": pa.array([0], pa.int64())})
+    pq.write_table(table, tmp_path / "test.parquet")
+    (tmp_path / "classes.json").write_text('["a"]')
+    data = (tmp_path / "test.parquet").read_bytes()
+    (tmp_path / "test.parquet").write_bytes(data[:-20])
+    with pytest.raises(BadDataset) as footless:
+        open_dataset(f"parquet:{tmp_path / 'test.parquet'}", "test")
+    message = str(footless.value)
+    assert message.startswith(f"parquet {tmp_path / 'test.parquet'}: not a complete Parquet file (")
+    assert "\n" not in message
+
+
+def test_a_run_of_a_users_copy_cut_short_fails_in_one_line_before_any_model(prefect_server, tmp_path, capsys):
+    from core.guard import guarded
+    from flows.benchmark import main
+
+    write_wds(tmp_path / "mine", "test", [i % 3 for i in range(20)], CLASSES, shards=2)
+    shard = tmp_path / "mine" / "test" / "1.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    root = tmp_path / "root"
+    args = ["--datasets", f"wds:{tmp_path / 'mine'}", "--splits", "test", "--root", str(root), "--image-only"]
+    assert guarded(main, args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: {shard}: the shard is cut short (it ends inside")
+    assert not (root / "manifest").exists()

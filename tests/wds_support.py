@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import shutil
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +68,8 @@ def serve_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     constants, the endpoint and the download URL template, so those are set too; subprocesses get
     the variable). Test modules wrap it in a fixture."""
     hub = FakeHub()
+    cache = tempfile.mkdtemp(prefix="wdys-hub-cache-")  # the byte cache (sources.remote), per test
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -77,6 +81,7 @@ def serve_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     yield hub
     HfFileSystem.clear_instance_cache()
     hub.close()
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def md5(data: bytes) -> str:

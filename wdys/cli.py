@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{usage()}\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
     apply_defaults(COMMAND_LINE)  # what `make` sets, for the console script too
-    lifeline.start()  # the processes the command starts (a temporary Prefect server) die with it
+    if argv[0] != "query":  # a query starts no process; its start must not wait for a watchdog's
+        lifeline.start()  # the processes the command starts (a temporary Prefect server) die with it
     module = importlib.import_module(COMMANDS[argv[0]][0])  # after the environment: Prefect reads it
     return guarded(module.main, argv[1:])
 

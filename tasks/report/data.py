@@ -4,7 +4,7 @@ counts, describer cost and benchmarks, and the order in which weightings are sho
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from method.fusion import CLASS_WEIGHTINGS, PAPER_WEIGHTINGS, component_order
 from method.stats import RESAMPLES
@@ -35,6 +35,7 @@ class ReportData:
     root: str = ""
     resamples: int = RESAMPLES
     seed: int = 0
+    leaderboard: list[dict] = field(default_factory=list)  # every run of the root, not only these
 
 
 def collect(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, seed: int = 0) -> ReportData:
@@ -68,6 +69,9 @@ def collect(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, s
             root=root,
             resamples=resamples,
             seed=seed,
+            leaderboard=con.sql("select * from leaderboard").to_arrow_table().to_pylist()
+            if "leaderboard" in views
+            else [],
         )
 
 

@@ -14,6 +14,7 @@ from storage.io import filesystem
 from storage.paths import partition_value
 from tasks.report.data import ReportData, collect
 from tasks.report.document import Doc
+from tasks.report.leaderboard import PAGE, leaderboard_doc
 from tasks.report.sections import build
 
 GAINS_SHOWN: tuple[str, ...]
@@ -55,9 +56,22 @@ def write_report(
     return out, doc, data
 
 
+def write_leaderboard(root: str, rows: list[dict], out: str | None = None) -> tuple[str, Doc]:
+    """Write leaderboard.md and leaderboard.html to `out` (default `<root>/reports`), replacing
+    the previous page: each file is one write, so a reader sees the old page or the new one."""
+    doc = leaderboard_doc(root, rows)
+    out = (out or f"{root}/reports").rstrip("/")
+    fs, path = filesystem(out)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{PAGE}.md", doc.markdown().encode())
+    fs.pipe_file(f"{path}/{PAGE}.html", doc.html("wdys leaderboard").encode())
+    return f"{out}/{PAGE}.md", doc
+
+
 @task(cache_policy=NO_CACHE, name="report")
 def report(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, seed: int = 0) -> str:
-    """Write the run's report under `<root>/reports/` and publish it as Prefect artifacts."""
+    """Write the run's report under `<root>/reports/` and publish it as Prefect artifacts; rewrite
+    the root's leaderboard page and publish it too (`wdys-leaderboard`, a new version each run)."""
     out, doc, data = write_report(root, runs, resamples=resamples, seed=seed)
     create_markdown_artifact(
         key="wdys-report",
@@ -68,5 +82,11 @@ def report(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, se
         key="wdys-gains",
         table=[{k: g[k] for k in GAINS_SHOWN} for g in data.gains],
         description="Gain in top-1 over image-only, paired: 95% bootstrap interval, McNemar exact p.",
+    )
+    page, board = write_leaderboard(root, data.leaderboard)
+    create_markdown_artifact(
+        key="wdys-leaderboard",
+        markdown=f"Page: `{page}`\n\n" + board.markdown(),
+        description="Every encoder x describer of the root per dataset: image-only and best fused top-1.",
     )
     return out

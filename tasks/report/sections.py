@@ -27,6 +27,7 @@ from tasks.report.data import (
 )
 from tasks.report.document import Doc, num, pvalue
 from tasks.report.figures import MAX_CLASS_BARS, confusion_figure, gains_figure, per_class_figure
+from tasks.report.leaderboard import leaderboard_section
 
 ALPHA = 0.05
 
@@ -75,6 +76,7 @@ def build(data: ReportData) -> Doc:
         per_class_section(doc, data, index, group, main, prefix)
     cost_section(doc, data)
     baseline_section(doc, data)
+    leaderboard_section(doc, data.leaderboard)
     metrics_section(doc, data)
     return doc
 

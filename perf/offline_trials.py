@@ -2,7 +2,7 @@
 measured against the float32 channels_last baseline in the same run, interleaved batch by batch
 (these machines are shared and noisy: only ratios from one section of one run are compared).
 
-    python -m benchmarks.offline_trials [--only lite0 lite2 batches threads process compile]
+    python -m perf.offline_trials [--only lite0 lite2 batches threads process compile]
         [--images 256] [--first 0] [--extra-path DIR ...] [--compile-budget SECONDS] [--rounds 1]
 
 Sections:
@@ -18,7 +18,7 @@ Sections:
 - process: settings fixed per process, each in a child: inter-op threads 1, intra-op threads 1,
   OMP_WAIT_POLICY PASSIVE (2 or 1 threads) and ACTIVE, against the defaults (OpenMP reads its
   environment once, when torch loads it: to see the other sections under a policy, set it for
-  the whole run, e.g. `OMP_WAIT_POLICY=PASSIVE python -m benchmarks.offline_trials`);
+  the whole run, e.g. `OMP_WAIT_POLICY=PASSIVE python -m perf.offline_trials`);
 - compile: torch.compile (inductor, freezing) in a child process under a time budget, cold cache.
 ONNX Runtime and `onnx` (for the exporter) are optional: without them their rows are skipped. They
 need not be in the project's environment: `pip install --target /tmp/ort onnxruntime onnx`, then
@@ -66,7 +66,7 @@ class Variant:
 
 
 def pictures(n: int, first: int = 0) -> list:
-    """n CIFAR-10 dev images from index `first`, decoded as benchmarks.bench `offline` does."""
+    """n CIFAR-10 dev images from index `first`, decoded as perf.bench `offline` does."""
     from sources.images import decode_manifest
     from sources.registry import open_dataset
 
@@ -324,7 +324,7 @@ def process_child(interop: int | None, threads: int | None, calls: int) -> dict[
 def child(args: list[str], timeout: float, env: dict[str, str | None] | None = None) -> dict | None:
     """Run this module with --child ARGS; its last stdout line is a JSON result (None on timeout).
     `env` changes the child's environment (a None value unsets the variable)."""
-    cmd = [sys.executable, "-m", "benchmarks.offline_trials", "--child", *args]
+    cmd = [sys.executable, "-m", "perf.offline_trials", "--child", *args]
     environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
@@ -468,7 +468,7 @@ SECTIONS = ("lite0", "lite2", "batches", "threads", "process", "compile")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.offline_trials", description=__doc__.splitlines()[0]
+        prog="python -m perf.offline_trials", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--images", type=int, default=256, help="CIFAR-10 dev images for exactness")

@@ -6,7 +6,7 @@ loaded back through `HFDescriber.load`, the product's own loading code. For each
 paths describe the same real CIFAR-10 images with the same greedy settings; the figure is the
 ratio of their wall times (target: ours <= 1.10 x bare).
 
-    PYTHONPATH=. python -m benchmarks.describer_bench [--images N] [--max-new-tokens M]
+    PYTHONPATH=. python -m perf.describer_bench [--images N] [--max-new-tokens M]
         [--batch-sizes 1 8 16] [--device cpu|cuda] [--images-dir DIR] [--no-image-splitting]
         [--repeats R] [--warmup-images K] [--json OUT]
 
@@ -50,8 +50,8 @@ from transformers import (
 
 from backends.device import pick_dtype
 from backends.hf_describer import HFDescriber
-from benchmarks.devdata import default_parquet, read_dir, read_parquet
-from benchmarks.figures import verdict
+from perf.devdata import default_parquet, read_dir, read_parquet
+from perf.figures import verdict
 
 PROMPT = "Describe this image in one sentence."
 TARGET_RATIO = 1.10
@@ -293,7 +293,7 @@ def load_images(n: int, images_dir: Path | None = None) -> list[Image.Image]:
         return read_dir(images_dir, n)
     parquet = default_parquet()
     if not parquet.exists():
-        raise FileNotFoundError(f"no {parquet}: export images with benchmarks.devdata, pass --images-dir")
+        raise FileNotFoundError(f"no {parquet}: export images with perf.devdata, pass --images-dir")
     return [image for image, _ in read_parquet(parquet, n)]
 
 
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--images-dir", type=Path, default=None, help="PNGs from benchmarks.devdata")
+    parser.add_argument("--images-dir", type=Path, default=None, help="PNGs from perf.devdata")
     parser.add_argument(
         "--repeats", type=int, default=2, help="timed runs per path, order alternating; the fastest counts"
     )

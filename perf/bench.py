@@ -1,16 +1,16 @@
 """Performance figures of wdys, each measured side by side in one run and printed as a ratio with
 its target (these machines are noisy: only ratios from one run are compared).
 
-    python -m benchmarks.bench [--only SECTION ...] [--images N] [--clip-images N] ...
+    python -m perf.bench [--only SECTION ...] [--images N] [--clip-images N] ...
 
 Sections (issue "Performance"; results and the machine they ran on go in docs/BENCHMARKS.md):
 - served: the `openai:` describer against a local server answering in 0.5 s, 64 at once (target:
   >= 90% of its 128 requests/s), then refusing above 16 in flight (>= 80% of 32/s, nothing lost);
-  benchmarks/served.py; vllm: the same through a `vllm:` describer and the server it manages (the
-  stand-in `vllm`), with server start and stop; benchmarks/vllm_figure.py;
+  perf/served.py; vllm: the same through a `vllm:` describer and the server it manages (the
+  stand-in `vllm`), with server start and stop; perf/vllm_figure.py;
 - clip_benchmark: the flow's image-only baseline against `clip_benchmark eval` on CIFAR-10 test,
   ViT-B-32 with random weights, batch 64, cold processes, the median of alternating runs of each side
-  (target: flow <= 0.95x); benchmarks/clip_figure.py;
+  (target: flow <= 0.95x); perf/clip_figure.py;
 - pipeline: the offline-profile benchmark flow, cold, against the time spent inside model forward
   passes during the same run (target: overhead <= 10%), then fully cached (target: <= 5% of cold);
 - memory: peak memory of the flow process on CIFAR-10 test repeated 1x and 10x (target: <= 1.2x);
@@ -19,9 +19,14 @@ Sections (issue "Performance"; results and the machine they ran on go in docs/BE
 - queries: the metrics view over 1M, 3M and 10M synthetic prediction rows (target: < 10 s at 10M,
   linear in rows);
 - offline: the offline encoder's images/s through `encode_images` against its raw forward passes,
-  at several batch sizes, with and without channels_last (benchmarks.offline_trials tries more);
+  at several batch sizes, with and without channels_last (perf.offline_trials tries more);
+- remote_bytes: bytes downloaded from the hub stand-in by a `--limit` trial, a full run and a second
+  full run of a 4-shard `wds:` copy and a Parquet export of 1,000 images of 10 kB or more (targets:
+  <= 0.25x, <= 1.1x, <= 0.05x the copy); perf/remote_bytes.py;
 - sampler: the seeded class-description sampler's time per decoding step against plain multinomial
-  sampling at batch 16 with a 262k vocabulary (target: <= 1.5x), on the CPU and on a GPU if any.
+  sampling at batch 16 with a 262k vocabulary (target: <= 1.5x), on the CPU and on a GPU if any;
+- startup: `wdys query` / bare duckdb (<= 2x), a cached `wdys run` outside its flow / a trivial
+  Prefect flow (<= 1.5x); perf/startup.py.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from benchmarks.clip_figure import compare as clip_compare
-from benchmarks.figures import run_flow_process, verdict
-from benchmarks.served import figure as served_figure
-from benchmarks.vllm_figure import figure as vllm_figure
 from core.settings import COMMAND_LINE, apply_defaults
+from perf.clip_figure import compare as clip_compare
+from perf.figures import run_flow_process, verdict
+from perf.remote_bytes import figure as remote_bytes_figure
+from perf.served import figure as served_figure
+from perf.startup import startup
+from perf.vllm_figure import figure as vllm_figure
 
 apply_defaults(COMMAND_LINE)  # the command line's offline Prefect settings
 
@@ -290,11 +297,11 @@ def memory(scales: tuple[int, int] = (1, 10)) -> list[dict]:
 
 
 def describer(images: int, max_new_tokens: int, on_cpu: bool = False) -> list[dict]:
-    """The transformers describer against a bare `generate` loop (benchmarks.describer_bench) at
+    """The transformers describer against a bare `generate` loop (perf.describer_bench) at
     batch sizes 1, 8 and 16, SmolVLM-256M's architecture with random weights. Needs a GPU: on these
     2 cores one image takes about 30 s, so it runs on the CPU only when asked (`--describer-on-cpu`),
     with one 512 px tile per image instead of the published 4x4 tiling."""
-    from benchmarks import describer_bench
+    from perf import describer_bench
 
     if not (torch.cuda.is_available() or on_cpu):
         print("  skipped: no GPU (about 30 s per image on 2 cores); --describer-on-cpu runs it anyway")
@@ -361,11 +368,13 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "queries": lambda a: queries(),
     "offline": lambda a: offline(),
     "sampler": lambda a: sampler(),
+    "remote_bytes": lambda a: remote_bytes_figure(),
+    "startup": lambda a: startup(a.startup_runs),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--images", type=int, default=2_000, help="CIFAR-10 test images for `pipeline`")
     parser.add_argument("--clip-images", type=int, default=None, help="sample for `clip_benchmark` (all)")
@@ -377,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--describer-images", type=int, default=16)
     parser.add_argument("--describer-tokens", type=int, default=16, help="max_new_tokens of `describer`")
     parser.add_argument("--describer-on-cpu", action="store_true", help="run `describer` without a GPU")
+    parser.add_argument("--startup-runs", type=int, default=3, help="alternating processes of each side")
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
     figures = []

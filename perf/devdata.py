@@ -3,7 +3,7 @@
 Benchmark machines with a GPU have no `shared/`: export a handful of images here, carry the folder
 there, and point the benchmark at it with `--images-dir`.
 
-    python -m benchmarks.devdata OUT_DIR [--images N] [--parquet PATH]
+    python -m perf.devdata OUT_DIR [--images N] [--parquet PATH]
 
 Deliberately imports neither `sources` (fsspec) nor prefect, so that it runs on a bare torch box.
 """

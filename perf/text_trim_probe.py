@@ -3,7 +3,7 @@ templates) through a random ViT-B-32 text tower at the full 77-token context, ag
 prompts cut to the longest one (a causal tower's end-of-text features do not depend on the padding
 after them). Prints both times, alternating, and the largest difference of the embeddings.
 
-    python -m benchmarks.text_trim_probe
+    python -m perf.text_trim_probe
 """
 
 from __future__ import annotations

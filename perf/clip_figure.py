@@ -37,8 +37,8 @@ def compare(
     target: float = 0.95,
 ) -> list[dict]:
     """`runs` cold runs of each side, alternating; figure = median flow wall / median peer wall."""
-    from benchmarks import clip_benchmark_peer as peer
-    from benchmarks.figures import run_flow_process, verdict
+    from perf import clip_benchmark_peer as peer
+    from perf.figures import run_flow_process, verdict
     from sources.registry import shared_datasets_dir
 
     python = peer.ensure_env()

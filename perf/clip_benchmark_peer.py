@@ -7,7 +7,7 @@ the 80 OpenAI ImageNet templates our `templates` weighting uses), so wall times 
 CLIP_benchmark lives in a venv of its own (`ensure_env`): it needs NumPy < 2 while our project pins
 NumPy 2, so this module never imports it and runs it as a subprocess only.
 
-    python -c "from benchmarks.clip_benchmark_peer import *; ..."
+    python -c "from perf.clip_benchmark_peer import *; ..."
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _templates_file() -> list[str]:
 
     clip_benchmark strips each line and calls `line.format(c=name)`; ours call open_clip's lambdas.
     """
-    from method.prompts import OPENAI_IMAGENET_TEMPLATES
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
 

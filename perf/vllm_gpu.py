@@ -5,9 +5,9 @@ with shorter answers. Each side's first call (weights loading, the server's star
 
 Needs a GPU, the project's environment, `.venv-vllm` (`make vllm`) or $WDYS_VLLM, the model in the
 Hugging Face cache (or the hub), and the images: the shared Parquet or a folder made by
-`python -m benchmarks.devdata OUT --images N` (`--images-dir`). Not part of `make bench`.
+`python -m perf.devdata OUT --images N` (`--images-dir`). Not part of `make bench`.
 
-    python -m benchmarks.vllm_gpu --model HuggingFaceTB/SmolVLM-256M-Instruct --images 256 [--images-dir DIR]
+    python -m perf.vllm_gpu --model HuggingFaceTB/SmolVLM-256M-Instruct --images 256 [--images-dir DIR]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmarks.devdata import default_parquet, read_dir, read_parquet
+from perf.devdata import default_parquet, read_dir, read_parquet
 
 
 def images_from(images_dir: str | None, n: int) -> list[Image.Image]:
@@ -55,9 +55,7 @@ def side(model_id: str, images: list[Image.Image], batch: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.vllm_gpu", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m perf.vllm_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="HuggingFaceTB/SmolVLM-256M-Instruct")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--images-dir", default=None)

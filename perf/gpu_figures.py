@@ -2,13 +2,13 @@
 downloads): prints each figure with its target and MET or MISSED, and writes the rows as JSON.
 
 - encoder: the image-only flow against `clip_benchmark eval` with its defaults (autocast), ViT-B-32
-  and ViT-L-14 random weights, CIFAR-10 test (target: flow <= 1.0x; benchmarks/clip_figure.py).
+  and ViT-L-14 random weights, CIFAR-10 test (target: flow <= 1.0x; perf/clip_figure.py).
   Needs the project's environment and the peer venv (`.venv-clip-benchmark`), as `make bench` does.
 - describer: the `hf:` describer against a bare `generate` loop at batch 1, 8 and 32 (target: ours
   <= 1.05x bare each), Qwen2-VL-2B-Instruct's architecture with random weights in bf16, and the speed-up
   of the automatic batch size over batch 1. Needs torch, transformers, pillow and pyarrow only.
 
-    python -m benchmarks.gpu_figures [--only encoder describer] [--images 64] [--max-new-tokens 16]
+    python -m perf.gpu_figures [--only encoder describer] [--images 64] [--max-new-tokens 16]
         [--json OUT.json]
 
 Both describer paths describe the same CIFAR-10 test images scaled to 448 px (256 image tokens
@@ -149,7 +149,7 @@ def describer(images: int, max_new_tokens: int, batches: tuple[int, ...] = (1, 8
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from backends.hf_describer import HFDescriber
-    from benchmarks.figures import verdict
+    from perf.figures import verdict
 
     pictures = cifar_images(images)
     rows, speeds = [], {}
@@ -193,7 +193,7 @@ def describer(images: int, max_new_tokens: int, batches: tuple[int, ...] = (1, 8
 
 
 def encoder() -> list[dict]:
-    from benchmarks.clip_figure import compare
+    from perf.clip_figure import compare
 
     return [
         row for arch in ("ViT-B-32", "ViT-L-14") for row in compare(arch, runs=1, device="cuda", target=1.0)
@@ -201,9 +201,7 @@ def encoder() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_figures", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m perf.gpu_figures", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only", nargs="+", choices=("encoder", "describer"), default=["describer", "encoder"]
     )

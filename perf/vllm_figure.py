@@ -1,14 +1,14 @@
 """The `vllm` section of `make bench`: the managed `vllm:` path against the stand-in `vllm`
-executable (fakes/vllm: the chat server of benchmarks/served.py's figure, answering in 0.5 s with 64
+executable (fakes/vllm: the chat server of perf/served.py's figure, answering in 0.5 s with 64
 batch slots, 128 requests/s at best), and what starting and stopping a server costs the run.
 
 The describe and predict tasks of N CIFAR-10 test images run as in `served` (the flow's task runner,
 timed inside the flow run), against a server started before the clock starts; the start (a process,
 `/health`, the model in `/v1/models`) and the stop (SIGTERM, wait) are timed on their own. With a
 real vLLM the start is dominated by loading the weights (minutes for a 7B model), which no stand-in
-measures: `benchmarks/vllm_gpu.py` compares `vllm:` with `hf:` on a GPU.
+measures: `perf/vllm_gpu.py` compares `vllm:` with `hf:` on a GPU.
 
-    python -m benchmarks.bench --only vllm [--served-images 512]
+    python -m perf.bench --only vllm [--served-images 512]
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.figures import verdict
-from benchmarks.served import DELAY_S, describer_tasks
+from perf.figures import verdict
+from perf.served import DELAY_S, describer_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 SLOTS = 64

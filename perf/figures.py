@@ -1,4 +1,4 @@
-"""What every section of `benchmarks.bench` shares: a figure's verdict line, and a flow run in a
+"""What every section of `perf.bench` shares: a figure's verdict line, and a flow run in a
 process of its own (so that the sections need not import each other)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ replying outside them as a serving engine does; it counts the requests it answer
 every image must end with a stored answer, and the server must have answered exactly 2N requests
 (none lost, none answered twice).
 
-    python -m benchmarks.served [--images 512] [--shard-size 64]
+    python -m perf.served [--images 512] [--shard-size 64]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def serve(delay_s: float, at_once: int | None, reject_above: int | None) -> None
 
 
 def start_server(at_once: int | None, reject_above: int | None) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, "-m", "benchmarks.served", "--serve", "--delay", str(DELAY_S)]
+    args = [sys.executable, "-m", "perf.served", "--serve", "--delay", str(DELAY_S)]
     args += ["--at-once", str(at_once or 0), "--reject-above", str(reject_above or 0)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -122,7 +122,7 @@ def describer_tasks(
     from storage.io import read_table
     from storage.keys import Selection
     from tasks.answers import for_describer
-    from tasks.describe import answerer_for, describe_shard, predict_shard
+    from tasks.describe import answerer_for, describe_shard, guess_shard
     from tasks.ingest import ingest_shard
     from tasks.plan import plan_dataset
 
@@ -136,7 +136,7 @@ def describer_tasks(
         manifests = [ingest_shard.submit(root, part) for part in parts]
         futures = []
         for s, part in enumerate(parts):
-            for describer_task in (describe_shard, predict_shard):  # as flows.stages.answer submits them
+            for describer_task in (describe_shard, guess_shard):  # as flows.stages.answer submits them
                 submit = for_describer(describer_task, answerer.describer).submit
                 futures.append(submit(root, part, answerer, manifests[s]))
         return [f.result() for f in futures], time.perf_counter() - started
@@ -165,8 +165,8 @@ def measure(images: int, shard_size: int, at_once: int | None, reject_above: int
 
 
 def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
-    from benchmarks.figures import verdict
     from flows.benchmark import benchmark
+    from perf.figures import verdict
 
     with tempfile.TemporaryDirectory() as root:
         benchmark(root=root, limit=8, splits=["dev"])  # warm-up: the temporary Prefect server starts
@@ -202,7 +202,7 @@ def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.served", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.served", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

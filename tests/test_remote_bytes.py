@@ -1,0 +1,63 @@
+"""Each remote byte once per run and once per machine (issue 23): the hub stand-in counts the file
+bytes it sends while a `--limit` trial, a full run on a cold cache and a second full run read a
+multi-shard `wds:` copy with images of 10 kB or more, and the same images as a Parquet export. A
+run is the plan and one ingest per shard, each as a fresh worker process would read (no index or
+filesystem kept in memory; perf/remote_bytes.py, whose figures `make bench` prints)."""
+
+from __future__ import annotations
+
+import json
+
+from core.guard import guarded
+from perf.remote_bytes import run, runs, write_parquet_copy, write_wds_copy
+from sources import remote
+from sources.fetch import main as fetch_main
+
+
+def test_a_wds_copy_is_downloaded_once(tmp_path, fake_hub):
+    size = write_wds_copy(tmp_path / "wds", images=200, shards=4)
+    fake_hub.add("someone/wds", tmp_path / "wds")
+    sent = runs(fake_hub, "wds:hf://datasets/someone/wds", limit=20, shard_size=50)
+    assert sent["trial"] <= 0.25 * size
+    assert sent["full"] <= 1.1 * size
+    assert sent["again"] <= 0.05 * size
+
+
+def test_a_parquet_copy_is_downloaded_once(tmp_path, fake_hub):
+    size = write_parquet_copy(tmp_path / "pq", images=200, row_group=20)
+    fake_hub.add("someone/pq", tmp_path / "pq")
+    sent = runs(fake_hub, "parquet:hf://datasets/someone/pq", limit=20, shard_size=50)
+    assert sent["trial"] <= 0.25 * size
+    assert sent["full"] <= 1.1 * size
+    assert sent["again"] <= 0.05 * size
+
+
+def test_the_cache_is_verified_counted_and_cleared(tmp_path, fake_hub, capsys, monkeypatch):
+    """Bytes kept under another etag or a damaged range list are not used; `wdys datasets` says how
+    much a benchmark has cached and `--clear-cache` removes it."""
+    write_wds_copy(tmp_path / "wds", images=40, shards=2)
+    fake_hub.add("clip-benchmark/wds_vtab-caltech101", tmp_path / "wds")
+    location = "hf://datasets/clip-benchmark/wds_vtab-caltech101"
+    run(f"wds:{location}", None, 20)
+    held = remote.cached_bytes(location)
+    assert (
+        held > 0
+        and remote.repo_folder(location).parent.name == "datasets--clip-benchmark--wds_vtab-caltech101"
+    )
+    for listed in (remote.repo_folder(location) / "blobs").glob("*.json"):
+        meta = json.loads(listed.read_text())
+        listed.write_text(json.dumps(meta | {"size": meta["size"] + 1}))  # not the remote's size
+    for index in (remote.repo_folder(location) / "index").glob("*.json"):
+        index.unlink()
+    before = fake_hub.bytes_sent
+    run(f"wds:{location}", None, 20)
+    assert fake_hub.bytes_sent - before >= 0.9 * held  # read again, not taken from a doubtful cache
+    monkeypatch.setenv("WDYS_SHARED_DATASETS", str(tmp_path / "none"))
+    monkeypatch.delenv("WDYS_DATA_DIR", raising=False)
+    monkeypatch.delenv("WDYS_CALTECH101_DIR", raising=False)
+    assert guarded(fetch_main, []) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("caltech101 "))
+    assert f"cached here: {remote.cached_bytes(location) / 1e6:,.1f} MB" in line
+    assert guarded(fetch_main, ["--clear-cache", "caltech101"]) == 0
+    assert "caltech101: removed" in capsys.readouterr().out
+    assert remote.cached_bytes(location) == 0 and not remote.repo_folder(location).exists()
