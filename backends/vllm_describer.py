@@ -60,7 +60,7 @@ def settings_for(spec: str, max_new_tokens: int) -> dict[str, object]:
         "model": model_name(spec),
         "revision": revision,
         "vllm_version": vllm_server.version(),
-        "server_flags": vllm_server.output_flags(vllm_server.extra_args()),
+        "server_flags": vllm_server.output_flags(vllm_server.check_settings()),
         "batch_invariant": VLLM_BATCH_INVARIANT.flag(),
     }
 

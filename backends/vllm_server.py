@@ -32,7 +32,7 @@ from pathlib import Path
 
 from backends.base import DescriberUnavailable
 from core import settings
-from core.errors import UserError
+from core.errors import BadParameter, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 8
@@ -98,7 +98,21 @@ def version() -> str:
 def extra_args() -> list[str]:
     import shlex
 
-    return shlex.split(settings.VLLM_ARGS.text())
+    try:
+        return shlex.split(settings.VLLM_ARGS.text())
+    except ValueError as exc:
+        raise BadParameter(f"{settings.VLLM_ARGS.name} is not a shell-quoted list of flags: {exc}") from None
+
+
+def check_settings() -> list[str]:
+    """The server's settings, checked before any shard (a typo fails in one line, not after an hour):
+    its flags, returned, and a memory share and start deadline that are numbers in range."""
+    share = settings.VLLM_GPU_SHARE.number()
+    if not 0 < share <= 1:
+        raise BadParameter(f"{settings.VLLM_GPU_SHARE.name} must be a fraction in (0, 1], not {share:g}")
+    if settings.VLLM_START_TIMEOUT_S.number() <= 0:
+        raise BadParameter(f"{settings.VLLM_START_TIMEOUT_S.name} must be a positive number of seconds")
+    return extra_args()
 
 
 # `vllm serve` flags that change what the model answers: they join the cache key. Memory, parallelism

@@ -126,6 +126,10 @@ BAD_VALUES: dict[str, tuple[str, Callable[[], object]]] = {
     "WDYS_GPU_SLOTS": ("two", _reader("tasks.slots", "ensure_limit", "wdys-test-limit")),
     "WDYS_DASK_WORKERS": ("many", _reader("flows.cluster", "dask_task_runner")),
     "WDYS_DASK_GPU_AMOUNT": ("0", _reader("flows.cluster", "gpu_resources")),
+    "WDYS_VLLM": ("/nonexistent/vllm", _reader("backends.vllm_server", "executable")),
+    "WDYS_VLLM_ARGS": ('--chat-template "unclosed', _reader("backends.vllm_server", "check_settings")),
+    "WDYS_VLLM_GPU_SHARE": ("most", _reader("backends.vllm_server", "check_settings")),
+    "WDYS_VLLM_START_TIMEOUT_S": ("soon", _reader("backends.vllm_server", "check_settings")),
 }
 # Settings any value of which is taken as it is (a path, a name, a flag, a secret), or that only an
 # outside service can refuse (its own one-line error in core/guard.py).
@@ -134,7 +138,7 @@ ANY_VALUE = {
     "WDYS_TRUST_REMOTE_CODE", "OPENAI_BASE_URL", "OPENAI_API_KEY", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
     "HF_HOME", "CUDA_VISIBLE_DEVICES", "WDYS_GPU_LIMIT", "WDYS_DASK_ADDRESS", "WDYS_DASK_GPU_RESOURCE",
     "WDYS_WORK_POOL", "WDYS_WORK_POOL_TYPE", "WDYS_IMAGE", "WDYS_SOURCE", "WDYS_DEPLOYMENT_SUFFIX",
-    "WDYS_RUN_TOKEN",
+    "WDYS_RUN_TOKEN", "WDYS_VLLM_LOG_DIR", "VLLM_BATCH_INVARIANT",
 }  # fmt: skip
 
 
