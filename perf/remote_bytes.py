@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from fakes.hub import FakeHub
 from perf.figures import verdict
@@ -30,7 +31,11 @@ CLASSES = [f"class {i}" for i in range(10)]
 
 
 def _image(rng: np.random.Generator, size: int) -> bytes:
-    return rng.integers(0, 256, int(size * rng.uniform(1.0, 1.2)), dtype=np.uint8).tobytes()
+    """A real PNG of noise (incompressible) of about `size` to 1.2 `size` bytes: a run decodes it."""
+    side = int((size * rng.uniform(1.0, 1.2) / 3) ** 0.5)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def write_wds_copy(folder: Path, images: int, shards: int, image_size: int = 10_000) -> int:
@@ -42,7 +47,7 @@ def write_wds_copy(folder: Path, images: int, shards: int, image_size: int = 10_
         with tarfile.open(folder / "test" / f"{shard}.tar", "w") as tar:
             for i in range(shard * per, min(images, (shard + 1) * per)):
                 for name, data in (
-                    (f"s{i:07d}.jpg", _image(rng, image_size)),
+                    (f"s{i:07d}.png", _image(rng, image_size)),
                     (f"s{i:07d}.cls", b"%d" % (i % 10)),
                 ):
                     info = tarfile.TarInfo(name)

@@ -61,3 +61,23 @@ def test_the_cache_is_verified_counted_and_cleared(tmp_path, fake_hub, capsys, m
     assert guarded(fetch_main, ["--clear-cache", "caltech101"]) == 0
     assert "caltech101: removed" in capsys.readouterr().out
     assert remote.cached_bytes(location) == 0 and not remote.repo_folder(location).exists()
+
+
+def test_the_flow_itself_downloads_each_byte_once(prefect_server, tmp_path, fake_hub):
+    """The same figures through the real flow (image-only, every stage, one process of four task
+    threads): a `--limit` trial, a full run on the cache the trial left, then a full run into a fresh
+    root, which finds every byte on this machine already."""
+    from flows.benchmark import benchmark
+
+    size = write_wds_copy(tmp_path / "wds", images=96, shards=4)
+    fake_hub.add("someone/wds_flow", tmp_path / "wds")
+    run = {"datasets": ["wds:hf://datasets/someone/wds_flow"], "splits": ["test"], "describers": []}
+    run |= {"encoders": ["offline:conse-lite0-minilm"], "class_weights": ["name"], "shard_size": 32}
+    sent = []
+    for root, limit in (("trial", 12), ("full", None), ("fresh", None)):
+        before = fake_hub.bytes_sent
+        result = benchmark(**run, root=str(tmp_path / root), limit=limit)
+        assert {r["n"] for r in result["metrics"]} == {limit or 96}
+        sent.append(fake_hub.bytes_sent - before)
+    trial, full, fresh = sent
+    assert trial <= 0.25 * size and trial + full <= 1.1 * size and fresh <= 0.05 * size
