@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from core.guard import guarded
 from perf.remote_bytes import run, runs, write_parquet_copy, write_wds_copy
 from sources import remote
 from sources.fetch import main as fetch_main
 
 
-def test_a_wds_copy_is_downloaded_once(tmp_path, fake_hub):
-    size = write_wds_copy(tmp_path / "wds", images=200, shards=4)
-    fake_hub.add("someone/wds", tmp_path / "wds")
-    sent = runs(fake_hub, "wds:hf://datasets/someone/wds", limit=20, shard_size=50)
-    assert sent["trial"] <= 0.25 * size
-    assert sent["full"] <= 1.1 * size
-    assert sent["again"] <= 0.05 * size
-
-
-def test_a_parquet_copy_is_downloaded_once(tmp_path, fake_hub):
-    size = write_parquet_copy(tmp_path / "pq", images=200, row_group=20)
-    fake_hub.add("someone/pq", tmp_path / "pq")
-    sent = runs(fake_hub, "parquet:hf://datasets/someone/pq", limit=20, shard_size=50)
+@pytest.mark.parametrize(
+    ("layout", "write"),
+    [
+        ("wds", lambda folder: write_wds_copy(folder, images=200, shards=4)),
+        ("parquet", lambda folder: write_parquet_copy(folder, images=200, row_group=20)),
+    ],
+)
+def test_a_copy_is_downloaded_once(tmp_path, fake_hub, layout, write):
+    size = write(tmp_path / layout)
+    fake_hub.add(f"someone/{layout}", tmp_path / layout)
+    sent = runs(fake_hub, f"{layout}:hf://datasets/someone/{layout}", limit=20, shard_size=50)
     assert sent["trial"] <= 0.25 * size
     assert sent["full"] <= 1.1 * size
     assert sent["again"] <= 0.05 * size
