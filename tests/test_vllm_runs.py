@@ -78,6 +78,8 @@ def test_a_run_starts_one_server_per_model_shares_it_and_stops_it(prefect_server
     assert result["shards_computed"] > 0 and len(answered(fake_vllm)) == 2 * 2 * 12
     assert not any(alive(s["pid"]) for s in servers) and vllm_server.running() == {}
     assert error_rows(tmp_path / "root") == []
+    logs = sorted(p.name for p in Path(result["report"]).glob("vllm-*.log"))  # kept beside the report
+    assert logs == ["vllm-org_model-a.log", "vllm-org_model-b.log"]
 
 
 def test_a_server_dying_mid_run_stores_no_error_and_the_rerun_asks_only_whats_missing(

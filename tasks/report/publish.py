@@ -68,11 +68,26 @@ def write_leaderboard(root: str, rows: list[dict], out: str | None = None) -> tu
     return f"{out}/{PAGE}.md", doc
 
 
+def keep_server_logs(out: str) -> list[str]:
+    """Copy the logs of the `vllm serve` processes this process started for the run beside its
+    report (`vllm-<model>.log`): a server's own account of the run outlives the temporary folder."""
+    from backends import vllm_server
+
+    fs, path = filesystem(out)
+    kept = []
+    for model, server in vllm_server.running().items():
+        if server.log.exists():
+            fs.put_file(str(server.log), f"{path}/vllm-{partition_value(model)}.log")
+            kept.append(f"{out}/vllm-{partition_value(model)}.log")
+    return kept
+
+
 @task(cache_policy=NO_CACHE, name="report")
 def report(root: str, runs: list[dict[str, str]], resamples: int = RESAMPLES, seed: int = 0) -> str:
     """Write the run's report under `<root>/reports/` and publish it as Prefect artifacts; rewrite
     the root's leaderboard page and publish it too (`wdys-leaderboard`, a new version each run)."""
     out, doc, data = write_report(root, runs, resamples=resamples, seed=seed)
+    keep_server_logs(out)
     create_markdown_artifact(
         key="wdys-report",
         markdown=f"Report folder: `{out}`\n\n" + doc.markdown(figure_prefix=None),
