@@ -19,7 +19,6 @@ and an item that still fails alone is that item's error (retryable when it ran o
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from backends.hf_spec import (
     trust_remote_code,
 )
 from backends.hf_spec import batch_size as batch_size_setting
+from core import heap
 from method.prompts import MAX_NEW_TOKENS
 
 __all__ = ["HFDescriber", "settings_for"]
@@ -166,7 +166,7 @@ class HFDescriber:
         """Frees the model's memory once a running batch ends; the next call loads it again."""
         with self._lock:
             self._model = None
-        gc.collect()
+        heap.collect()  # its reference cycles too, although the run's heap was settled after the load
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -182,6 +182,7 @@ class HFDescriber:
                     raise _load_error(self._spec, exc) from exc
                 self._tokenizer = _left_padding(self._processor)
                 self._model = model
+                heap.settle()
             hf_resident.loaded(self)
 
     def settings(self) -> dict[str, object]:

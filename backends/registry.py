@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Describer, Encoder, same_settings
+from core import heap
 from core.errors import BadParameter
 from method.prompts import MAX_NEW_TOKENS
 
@@ -208,7 +209,9 @@ def _load_encoder(model_id: str) -> Encoder:
     validate_encoder_id(model_id)
     scheme, spec = split_model_id(model_id)
     backend = ENCODERS[scheme]
-    return backend.load(importlib.import_module(backend.module), spec, 0, None)
+    encoder: Encoder = backend.load(importlib.import_module(backend.module), spec, 0, None)
+    heap.settle()  # the model and its libraries live as long as the process: keep them out of collections
+    return encoder
 
 
 @cache
@@ -220,4 +223,5 @@ def _load_describer(model_id: str, max_new_tokens: int, settings: str | None) ->
     describer: Describer = backend.load(importlib.import_module(backend.module), spec, max_new_tokens, keyed)
     if keyed is not None and scheme != "hf":  # an `hf:` describer checks its own revision
         same_settings(model_id, keyed, describer.settings())
+    heap.settle()
     return describer

@@ -81,6 +81,19 @@ class FakeChatServer(ThreadingHTTPServer):
         self.answered = 0  # requests answered 200
         self.charged = 0  # requests admitted against `quota`
 
+    def stats(self) -> dict[str, Any]:
+        """Its counters (what `GET /stats` answers in the benchmarks' servers): answered and refused
+        requests, the most in flight, and when it was busy (CLOCK_MONOTONIC, as the client's)."""
+        with self.lock:
+            spans = list(self.spans)
+        return {
+            "answered": len(spans),
+            "refused": self.overloaded,
+            "max_in_flight": self.max_in_flight,
+            "first_arrival": min((s for s, _ in spans), default=0.0),
+            "last_reply": max((e for _, e in spans), default=0.0),
+        }
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
@@ -102,6 +115,9 @@ def request_parts(body: dict[str, Any]) -> tuple[str, Image.Image | None]:
 
 class ChatHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # A reply's headers and body go out in two writes: with Nagle's algorithm the body waited for the
+    # client's delayed ACK, 40 ms per request. Serving engines (uvicorn) set TCP_NODELAY too.
+    disable_nagle_algorithm = True
     server: FakeChatServer
 
     def log_message(self, format: str, *args: object) -> None:  # keep pytest output quiet

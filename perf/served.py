@@ -76,16 +76,7 @@ def serve(delay_s: float, at_once: int | None, reject_above: int | None) -> None
                 return super().compute()
 
         def do_GET(self) -> None:
-            srv = self.server
-            with srv.lock:
-                spans = list(srv.spans)
-                stats = {
-                    "answered": len(spans),
-                    "refused": srv.overloaded,
-                    "max_in_flight": srv.max_in_flight,
-                    "window_s": (max(e for _, e in spans) - min(s for s, _ in spans)) if spans else 0.0,
-                }
-            self._send(200, stats)
+            self._send(200, self.server.stats())
 
     server = FakeChatServer()
     server.RequestHandlerClass = Handler
@@ -108,13 +99,12 @@ def stats(base_url: str) -> dict:
         return json.load(answer)
 
 
-def describer_tasks(
-    root: str, images: int, shard_size: int, describer: str | None = None
-) -> tuple[float, float, int]:
-    """Wall time of the ingest, describe and predict tasks of `images` CIFAR-10 test images, timed
-    inside the flow run, the same plus the flow run's own start and end (Prefect's fixed cost of
-    about a second, once per run), and the answers stored (a text each), run on the benchmark flow's
-    task runner."""
+def describer_tasks(root: str, images: int, shard_size: int, describer: str | None = None) -> dict:
+    """The ingest, describe and predict tasks of `images` CIFAR-10 test images, run on the benchmark
+    flow's task runner: their wall time timed inside the flow run (`wall_s`) and its bounds on
+    CLOCK_MONOTONIC, the server's clock too (`started`, `ended`); the same plus the flow run's own
+    start and end (`flow_wall_s`: Prefect's fixed cost of about a second, once per run); and the
+    answers stored (`texts`, a text each)."""
     from prefect import flow
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -131,22 +121,38 @@ def describer_tasks(
     answerer = answerer_for(describer or f"openai:bench-{time.time_ns()}", 77, None, None)
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=task_threads()))
-    def describe_only() -> tuple[list, float]:
-        started = time.perf_counter()
+    def describe_only() -> tuple[list, float, float]:
+        started = time.monotonic()
         manifests = [ingest_shard.submit(root, part) for part in parts]
         futures = []
         for s, part in enumerate(parts):
             for describer_task in (describe_shard, guess_shard):  # as flows.stages.answer submits them
                 submit = for_describer(describer_task, answerer.describer).submit
                 futures.append(submit(root, part, answerer, manifests[s]))
-        return [f.result() for f in futures], time.perf_counter() - started
+        return [f.result() for f in futures], started, time.monotonic()
 
-    started, cpu = time.perf_counter(), time.process_time()
-    results, tasks_wall = describe_only()
-    flow_wall = time.perf_counter() - started
+    started, cpu = time.monotonic(), time.process_time()
+    results, tasks_started, tasks_ended = describe_only()
+    flow_wall = time.monotonic() - started
     print(f"  client CPU {time.process_time() - cpu:.1f} s in {flow_wall:.1f} s", flush=True)
     texts = sum(sum(t is not None for t in read_table(r.path).column("text").to_pylist()) for r in results)
-    return tasks_wall, flow_wall, texts
+    return {
+        "wall_s": tasks_ended - tasks_started,
+        "flow_wall_s": flow_wall,
+        "texts": texts,
+        "started": tasks_started,
+        "ended": tasks_ended,
+    }
+
+
+def timeline(got: dict) -> str:
+    """Where the tasks' wall time went: before the server's first request, while it answered, and
+    after its last answer (the run's and the server's clocks are the same CLOCK_MONOTONIC)."""
+    lead, busy = got["first_arrival"] - got["started"], got["last_reply"] - got["first_arrival"]
+    return (
+        f"first request {lead:.2f} s after the tasks started, server busy {busy:.2f} s, "
+        f"tasks ended {got['ended'] - got['last_reply']:.2f} s after its last answer"
+    )
 
 
 def measure(images: int, shard_size: int, at_once: int | None, reject_above: int | None) -> dict:
@@ -155,8 +161,7 @@ def measure(images: int, shard_size: int, at_once: int | None, reject_above: int
     os.environ.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="local", NO_PROXY="127.0.0.1,localhost")
     try:
         with tempfile.TemporaryDirectory() as root:
-            wall, flow_wall, texts = describer_tasks(root, images, shard_size)
-        return {"wall_s": wall, "flow_wall_s": flow_wall, "texts": texts, **stats(base_url)}
+            return {**describer_tasks(root, images, shard_size), **stats(base_url)}
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -182,7 +187,7 @@ def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
         raw = (
             f"{requests} requests in {got['wall_s']:.1f} s = {rate:.1f}/s of {best:.0f}/s "
             f"({got['flow_wall_s']:.1f} s with the flow run's start and end); "
-            f"server busy {got['window_s']:.1f} s; {got['refused']} refused (429), "
+            f"{timeline(got)}; {got['refused']} refused (429), "
             f"most in flight {got['max_in_flight']}; "
             f"answers stored {got['texts']}, answered by the server {got['answered']}"
         )

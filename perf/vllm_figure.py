@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from perf.figures import verdict
-from perf.served import DELAY_S, describer_tasks
+from perf.served import DELAY_S, describer_tasks, stats, timeline
 
 REPO = Path(__file__).resolve().parent.parent
 SLOTS = 64
@@ -65,18 +65,21 @@ def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
             benchmark(root=root, limit=8, splits=["dev"])  # warm-up: the temporary Prefect server starts
         model = f"bench/vlm-{time.time_ns()}"
         start_s, stop_s = start_stop(model)
-        vllm_server.serve(model)  # up before the clock starts, as after a run's first request
+        server = vllm_server.serve(model)  # up before the clock starts, as after a run's first request
         with tempfile.TemporaryDirectory() as root:
-            wall, flow_wall, texts = describer_tasks(root, images, shard_size, describer=f"vllm:{model}")
+            got = describer_tasks(root, images, shard_size, describer=f"vllm:{model}")
+        got.update(stats(server.base_url))
         vllm_server.stop_all()
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    requests, best = 2 * images, SLOTS / DELAY_S
-    rate = requests / wall
+    requests, best, texts = 2 * images, SLOTS / DELAY_S, got["texts"]
+    rate = requests / got["wall_s"]
+    whole = texts == requests and got["answered"] == requests
     raw = (
-        f"{requests} requests in {wall:.1f} s = {rate:.1f}/s of {best:.0f}/s ({flow_wall:.1f} s with the"
-        f" flow run's start and end); answers stored {texts}"
+        f"{requests} requests in {got['wall_s']:.1f} s = {rate:.1f}/s of {best:.0f}/s "
+        f"({got['flow_wall_s']:.1f} s with the flow run's start and end); {timeline(got)}; "
+        f"answers stored {texts}, answered by the server {got['answered']}"
     )
     return [
         verdict(
@@ -86,7 +89,7 @@ def figure(images: int = 512, shard_size: int = 64) -> list[dict]:
             rate / best >= 0.9,
             raw,
         ),
-        verdict("vllm describer: none lost", float(texts == requests), "1", texts == requests, raw),
+        verdict("vllm describer: none lost or repeated", float(whole), "1", whole, raw),
         verdict(
             "vllm stand-in server start + stop (s)",
             start_s + stop_s,

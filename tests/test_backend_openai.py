@@ -163,6 +163,25 @@ def test_extra_body_fields_reach_the_server(server: FakeChatServer, monkeypatch:
     assert describer.settings()["extra_body"] == extra
 
 
+def test_requests_are_the_json_the_typed_client_sends(
+    server: FakeChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The describer posts its requests as plain JSON, skipping `chat.completions.create`'s walk over
+    its typed parameters (a fifth of the client's CPU): what reaches the server must not change."""
+    monkeypatch.setenv("WDYS_OPENAI_EXTRA_BODY", '{"reasoning_effort": "low"}')
+    describer = load(max_new_tokens=21)
+
+    describer.describe(images((20, 20)), "Describe.")
+    describer.describe_classes(["Describe a cat"], [3], ["cat"])
+    posted = [r["body"] for r in server.requests]
+    for body in posted:
+        typed = {k: v for k, v in body.items() if k != "reasoning_effort"}
+        describer.client.chat.completions.create(**typed, extra_body={"reasoning_effort": "low"})
+
+    assert len(posted) == 2 and posted[1]["seed"] == sample_seed("Describe a cat", 3)
+    assert [r["body"] for r in server.requests[2:]] == posted
+
+
 def test_describe_classes_one_seeded_request_per_pair(server: FakeChatServer) -> None:
     describer = load()
     prompts = ["Describe what a cat looks like", "Describe what a dog looks like"]

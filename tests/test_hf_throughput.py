@@ -7,7 +7,9 @@ above a batch size, and the CUDA model in the preprocessing test is a stand-in o
 
 from __future__ import annotations
 
+import gc
 import shutil
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ from PIL import Image
 
 from backends import hf_resident
 from backends.hf_describer import HFDescriber, _gpu_preprocessing
+from core import heap
 from fakes.tiny_vlms import build
 
 PROMPT = "Describe the image."
@@ -99,6 +102,19 @@ def test_one_vlm_resident_per_device(
     monkeypatch.setenv("WDYS_HF_RESIDENT", "0")  # the user asks to keep every VLM loaded
     second.describe(photos(1), PROMPT)
     assert first.resident and second.resident
+
+
+def test_a_released_vlm_is_freed_although_the_run_settled_its_heap(model_dir: Path, tmp_path: Path) -> None:
+    first = HFDescriber.load(str(model_dir), max_new_tokens=4)
+    first._model.__dict__["_loop"] = [first._model]  # a reference cycle: only the collector frees it
+    freed = weakref.ref(first._model)
+    heap.settle()  # as after the run's model loads (core/heap.py)
+    try:
+        HFDescriber.load(str(Path(shutil.copytree(model_dir, tmp_path / "other"))), max_new_tokens=4)
+
+        assert not first.resident and freed() is None  # released, memory given back
+    finally:
+        gc.unfreeze()
 
 
 def test_images_are_preprocessed_on_the_gpu_where_the_processor_can(model_dir: Path) -> None:
