@@ -10,7 +10,7 @@ running this checkout.
 | benchmark/quick          | CIFAR-10 dev with the offline profile: runs on any machine             |
 | benchmark/quick-dask     | the same with shard tasks on Dask ($WDYS_DASK_ADDRESS or a local one) |
 | benchmark/paper          | the paper's setup: CLIP ViT-L-14 `openai` + an open VLM describer      |
-|                          | (`vllm:` where the deploying machine has vLLM, else `hf:`)             |
+|                          | (`vllm:` where the worker running it has vLLM, else `hf:`)             |
 | benchmark/nightly        | the paper's setup, nightly at 03:00 UTC                               |
 | watch-models/default     | hourly, and on every `wdys.model.registered` event                     |
 """
@@ -35,7 +35,6 @@ from prefect.flows import Flow
 from prefect.runner.storage import create_storage_from_source
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
-from backends.vllm_server import open_vlm
 from core import settings
 from core.errors import UserError
 from method.fusion import CLASS_WEIGHTINGS
@@ -50,28 +49,21 @@ QUICK = {"datasets": ["cifar10"], "splits": ["dev"]}  # the flow's defaults: the
 # The paper's setup. The describer is Qwen2-VL-7B-Instruct: an open VLM that follows the
 # initial-prediction prompt ("Answer using a single word if possible") reliably, fits one 24 GB
 # GPU in bf16, and is served by transformers, vLLM and SGLang alike (docs/operations.md).
+# The worker running the flow picks the describer's engine (`vllm_where_available`), not the machine
+# that deployed it: vLLM where the worker has it, transformers elsewhere.
 PAPER = {
     "datasets": sorted(PAPER_BENCHMARKS),
     "splits": ["test"],
     "encoders": ["open_clip:ViT-L-14/openai"],
     "describers": ["hf:Qwen/Qwen2-VL-7B-Instruct"],
     "class_weights": list(CLASS_WEIGHTINGS),
+    "vllm_where_available": True,
 }
-
-
-def paper_setup() -> tuple[dict, str]:
-    """The paper's parameters with the describer on vLLM (`vllm:`) where this machine has it
-    (`.venv-vllm` from `make vllm`, or $WDYS_VLLM), on transformers (`hf:`) otherwise; and the
-    deployment's description, which says which and why."""
-    describers = [open_vlm(d) for d in PAPER["describers"]]
-    engine = (
-        "vLLM (`vllm:`, a server the run starts: .venv-vllm or $WDYS_VLLM was found where this was deployed)"
-        if describers != PAPER["describers"]
-        else "transformers (`hf:`: no .venv-vllm or $WDYS_VLLM where this was deployed; `make vllm`, then"
-        " `make deploy` again, switches to `vllm:`)"
-    )
-    about = f"The paper's setup: CLIP ViT-L-14 `openai` + Qwen2-VL-7B-Instruct on {engine}."
-    return {**PAPER, "describers": describers}, about
+PAPER_ABOUT = (
+    "The paper's setup: CLIP ViT-L-14 `openai` + Qwen2-VL-7B-Instruct, on vLLM (`vllm:`, a server the"
+    " run starts and stops) where the worker running the flow has it (.venv-vllm from `make vllm`, or"
+    " $WDYS_VLLM), on transformers (`hf:`) elsewhere; the run's log and its results name the engine used."
+)
 
 
 JOB_ENV = {
@@ -123,17 +115,16 @@ def _definitions(schedules: bool, job: dict[str, object]) -> list:
     on_dask = source("flows/benchmark.py:benchmark_on_dask")
     watch = source("flows/watch_models.py:watch_models")
     nightly, hourly = ("0 3 * * *", "0 * * * *") if schedules else (None, None)
-    paper, about = paper_setup()
     return [
         benchmark.to_deployment("quick", parameters=QUICK, job_variables=job, tags=["wdys", "quick"]),
         on_dask.to_deployment("quick-dask", parameters=QUICK, job_variables=job, tags=["wdys", "dask"]),
         benchmark.to_deployment(
-            "paper", parameters=paper, description=about, job_variables=job, tags=["wdys", "paper"]
+            "paper", parameters=PAPER, description=PAPER_ABOUT, job_variables=job, tags=["wdys", "paper"]
         ),
         benchmark.to_deployment(
             "nightly",
-            parameters=paper,
-            description=f"Nightly at 03:00 UTC. {about}",
+            parameters=PAPER,
+            description=f"Nightly at 03:00 UTC. {PAPER_ABOUT}",
             job_variables=job,
             cron=nightly,
             tags=["wdys", "paper"],

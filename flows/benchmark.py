@@ -32,7 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from backends.registry import encoder_identity, validate_describer_id, validate_encoder_id
-from backends.vllm_server import stop_servers
+from backends.vllm_server import open_vlm, stop_servers
 from core.errors import BadParameter, UserError
 from flows import stages
 from flows.cli import add_flow_parameters, argument
@@ -52,13 +52,15 @@ DEFAULT_ENCODERS = ["offline:conse-lite0-minilm"]
 DEFAULT_DESCRIBERS = ["offline:lite2-labels"]
 
 
-def pick_describers(encoders: list[str], describers: list[str] | None) -> list[str]:
+def pick_describers(
+    encoders: list[str], describers: list[str] | None, vllm_where_available: bool = False
+) -> list[str]:
     """The offline stand-in describer goes only with offline encoders: paired with a real CLIP it
     would give numbers that look like the method's and are not."""
     for e in encoders:  # a typo in an encoder id is the error to show first
         validate_encoder_id(e)
     if describers is not None:
-        return describers
+        return on_this_machines_engine(describers) if vllm_where_available else describers
     if all(e.startswith("offline:") for e in encoders):
         return DEFAULT_DESCRIBERS
     raise UserError(
@@ -67,6 +69,18 @@ def pick_describers(encoders: list[str], describers: list[str] | None) -> list[s
         "server) or offline:lite2-labels (the offline stand-in), "
         "or --image-only for the plain zero-shot baseline"
     )
+
+
+def on_this_machines_engine(describers: list[str]) -> list[str]:
+    """Each `hf:` describer as `vllm:` (the same model, on a vLLM server the run starts) where the
+    machine running the flow has vLLM (`.venv-vllm` from `make vllm`, or $WDYS_VLLM): decided here,
+    on the worker, not where the deployment was made. The run's log says which engine and why."""
+    chosen = [open_vlm(d) for d in describers]
+    for given, used in zip(describers, chosen, strict=True):
+        if given.startswith("hf:"):
+            why = "vLLM found" if used != given else "no vLLM here: `make vllm` or $WDYS_VLLM to use it"
+            get_run_logger().info("describer %s runs as %s (%s)", given, used, why)
+    return chosen
 
 
 def check_parameters(
@@ -149,6 +163,7 @@ def benchmark(
     max_new_tokens: Positive = MAX_NEW_TOKENS,
     class_samples: Positive | None = None,
     shortlist: Positive | None = None,
+    vllm_where_available: bool = False,
 ) -> dict:
     """Zero-shot classification with multimodal-LLM descriptions, every component combination and weighting.
 
@@ -172,12 +187,12 @@ def benchmark(
             per class over the 5 prompts; 3 for the offline stand-in).
         shortlist: list only the top-k classes (by the encoder's image-only `templates` scores) in
             the initial-prediction prompt; default: every class, as in the paper.
+        vllm_where_available: each `hf:` describer as `vllm:` where this worker has vLLM (paper).
 
-    Returns the run's metrics rows, the model forward passes it ran and how many shards it
-    computed or found in the cache.
+    Returns the run's metrics rows, forward passes, and shards computed or found in the cache.
     """
     started = time.perf_counter()
-    describers = pick_describers(encoders, describers)
+    describers = pick_describers(encoders, describers, vllm_where_available)
     check_parameters(encoders, describers, class_weights, shard_size, shortlist)
     encoders = [encoder_identity(e) for e in encoders]  # the precision joins the id (and cache key)
     root = resolve_root(root)

@@ -53,7 +53,9 @@ def argument(name: str, schema: dict) -> dict[str, Any]:
     shown = " ".join(map(str, default)) if isinstance(default, list) else default
     described = f"{schema.get('description', '')} (default: {'none' if default is None else shown})"
     options: dict[str, Any] = {"default": default, "help": described}
-    if schema.get("type") == "array":
+    if schema.get("type") == "boolean":
+        options["action"] = argparse.BooleanOptionalAction
+    elif schema.get("type") == "array":
         items = schema.get("items", {})
         options |= {"nargs": "+", "type": _value_type(name, items)}
         if "enum" in items:

@@ -4,13 +4,13 @@ It reads the versioned model registry (deployments/models.toml), asks DuckDB whi
 encoder, describer) combinations have no results yet, and starts one `benchmark` deployment run for
 them, with an idempotency key so that a second watch run starts nothing while (or after) that one
 runs. Combinations already evaluated that fall inside the run's cross product are read from cache.
-An open VLM registered as `hf:` runs as `vllm:` where the worker has vLLM (`.venv-vllm` or
-$WDYS_VLLM), as `hf:` elsewhere.
+An open VLM registered as `hf:` is passed on as registered: the benchmark run decides on its own
+worker whether it runs as `vllm:` (`vllm_where_available`, set by the paper deployments), and either
+engine's results count as that model evaluated.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass
@@ -21,7 +21,6 @@ from prefect.cache_policies import NONE as NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 
-from backends.vllm_server import open_vlm
 from method.prompts import content_hash
 from sources.registry import list_benchmarks
 from storage.catalog import connect, refresh_catalog
@@ -85,9 +84,20 @@ def evaluated_combinations(root: str) -> set[tuple[str, str, str, str]]:
         return set(con.sql("select distinct dataset, split, encoder, describer from predictions").fetchall())
 
 
+def engines_of(describer: str) -> list[str]:
+    """The ids a describer's results may be stored under: an `hf:` VLM's also as `vllm:`, the same
+    model on the engine a worker with vLLM runs it on."""
+    scheme, _, spec = describer.partition(":")
+    return [describer, f"vllm:{spec}"] if scheme == "hf" else [describer]
+
+
 def missing_combinations(registry: Registry, evaluated: set) -> list[tuple[str, str, str, str]]:
     combos = itertools.product(registry.datasets, registry.splits, registry.encoders, registry.describers)
-    return [c for c in combos if tuple(partition_value(v) for v in c) not in evaluated]
+    return [
+        c
+        for c in combos
+        if not any(tuple(map(partition_value, (*c[:3], d))) in evaluated for d in engines_of(c[3]))
+    ]
 
 
 @flow(name="watch-models")
@@ -106,10 +116,6 @@ def watch_models(
     logger = get_run_logger()
     root = resolve_root(root)
     registry = read_registry(REPO / registry_path, extra_models or [])
-    # open VLMs on vLLM where this worker has it (.venv-vllm or $WDYS_VLLM), else on transformers
-    registry = dataclasses.replace(
-        registry, describers=list(dict.fromkeys(map(open_vlm, registry.describers)))
-    )
     missing = missing_combinations(registry, evaluated_combinations(root))
     if not missing:
         logger.info("every registered combination has results")

@@ -159,6 +159,26 @@ def test_watch_models_starts_one_run_for_new_models_and_then_none(server, tmp_pa
     assert second["flow_run_id"] == first["flow_run_id"]  # the idempotency key: nothing new started
 
 
+def test_an_open_vlm_counts_as_evaluated_on_either_engine():
+    """watch-models passes `hf:` VLMs on as registered (the run's worker picks vLLM or transformers),
+    so results of the same model under `vllm:` are that model evaluated; other schemes stay apart."""
+    from flows.watch_models import Registry, missing_combinations
+    from storage.paths import partition_value
+
+    registry = Registry(
+        "benchmark/paper", ["cifar10"], ["test"], ["open_clip:ViT-B-32/openai"],
+        ["hf:org/vlm-a", "hf:org/vlm-b", "openai:org/vlm-a"], {},
+    )  # fmt: skip
+    done = {
+        tuple(map(partition_value, ("cifar10", "test", "open_clip:ViT-B-32/openai", d)))
+        for d in ("vllm:org/vlm-a", "hf:org/vlm-b")
+    }
+
+    missing = missing_combinations(registry, done)
+
+    assert missing == [("cifar10", "test", "open_clip:ViT-B-32/openai", "openai:org/vlm-a")]
+
+
 K8S = "wdys-k8s"
 IMAGE = "registry.example/wdys:test-1"
 

@@ -119,19 +119,6 @@ def test_a_server_dying_mid_call_fails_the_describer(fake_vllm, monkeypatch):
         describer.describe([Image.new("RGB", (9, 9))], "what?")
 
 
-def test_the_paper_setup_uses_vllm_where_this_machine_has_it(fake_vllm, monkeypatch, tmp_path):
-    from deployments.deploy import PAPER, paper_setup
-
-    parameters, about = paper_setup()
-    assert parameters["describers"] == ["vllm:Qwen/Qwen2-VL-7B-Instruct"] and "`vllm:`" in about
-    assert vllm_server.open_vlm("openai:gpt-x") == "openai:gpt-x"
-
-    monkeypatch.setenv("WDYS_VLLM", str(tmp_path / "no-vllm"))
-    parameters, about = paper_setup()
-    assert parameters["describers"] == PAPER["describers"] == ["hf:Qwen/Qwen2-VL-7B-Instruct"]
-    assert "`hf:`" in about and "make vllm" in about
-
-
 def test_a_resident_hf_model_is_released_before_a_server_starts_on_its_device(fake_vllm, monkeypatch):
     from backends import hf_resident
 

@@ -145,3 +145,25 @@ def test_a_failed_start_fails_the_command_line_run_in_one_line(prefect_server, f
     assert "RuntimeError: unknown flag --bad" in errors[0] and str(tmp_path / "logs") in errors[0]
     assert 'File "' not in done.stderr  # no traceback of the run's own (the server's is quoted, one line)
     assert error_rows(tmp_path / "root") == [] and not any(alive(s["pid"]) for s in started(fake_vllm))
+
+
+def test_the_paper_deployments_pick_the_engine_on_the_machine_that_runs_them(
+    prefect_server, fake_vllm, tmp_path, monkeypatch
+):
+    from deployments.deploy import PAPER, PAPER_ABOUT
+    from fakes.tiny_vlms import build
+    from storage.paths import partition_value
+
+    assert PAPER["describers"] == ["hf:Qwen/Qwen2-VL-7B-Instruct"] and PAPER["vllm_where_available"]
+    assert "where the worker running the flow has it" in PAPER_ABOUT  # not where it was deployed
+    model = build("llava", tmp_path / "vlm")  # a real VLM for the machine without vLLM
+    parameters = {**run_of(tmp_path, [f"hf:{model}"]), "vllm_where_available": True}
+
+    with_vllm = benchmark(**parameters)
+    monkeypatch.setenv("WDYS_VLLM", str(tmp_path / "no-vllm"))  # a worker without vLLM
+    without = benchmark(**parameters)
+
+    assert {r["describer"] for r in with_vllm["metrics"]} == {partition_value(f"vllm:{model}")}
+    assert [s["model"] for s in started(fake_vllm)] == [str(model)]
+    assert {r["describer"] for r in without["metrics"]} == {partition_value(f"hf:{model}")}
+    assert without["shards_computed"] > 0 and len(answered(fake_vllm)) == 2 * 12  # hf: asked no server
