@@ -12,6 +12,7 @@ storage root: the flow writes a marker file there and each worker must read it b
 
 from __future__ import annotations
 
+import logging
 import uuid
 from contextlib import nullcontext
 from typing import Any
@@ -21,6 +22,7 @@ import distributed
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
+from backends.vllm_server import stop_all
 from core import settings
 from core.errors import UserError
 from storage.io import filesystem
@@ -51,6 +53,16 @@ class PlacedDaskTaskRunner(DaskTaskRunner):
         resources = gpu_resources() if on_device else {}
         with dask.annotate(resources=resources) if resources else nullcontext():
             return super().submit(task, parameters, *args, **kwargs)
+
+    def __exit__(self, *args: Any) -> None:
+        """The `vllm serve` processes the run's tasks started on the workers stop when the run
+        ends, however it ends, as the flow's own do: a cluster's workers outlive the run."""
+        if self._client is not None:
+            try:
+                self._client.run(stop_all)
+            except Exception as exc:  # noqa: BLE001 - the cluster is gone: so are its servers
+                logging.getLogger("wdys.cluster").warning("vLLM servers on the workers not stopped: %s", exc)
+        super().__exit__(*args)
 
 
 def dask_task_runner() -> PlacedDaskTaskRunner:

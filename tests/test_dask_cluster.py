@@ -20,11 +20,13 @@ import pytest
 from process_support import REPO, free_port, start, stop
 from runs import tiny_run
 from s3_support import moto_s3
+from vllm_support import FAKE, alive, started, use_fake_vllm
 
 from core.errors import UserError
 from flows.benchmark import benchmark
 from flows.cluster import PlacedDaskTaskRunner
 from storage.io import filesystem
+from storage.paths import partition_value
 from tasks.answers import for_describer
 from tasks.class_weights import describe_classes
 from tasks.describe import describe_shard, guess_shard
@@ -44,7 +46,7 @@ def cluster(tmp_path_factory):
     with moto_s3(tmp_path_factory, "AKIAWDYSCLUSTER00042", "wdys-cluster-secret", BUCKET):
         logs = tmp_path_factory.mktemp("dask")
         elsewhere = tmp_path_factory.mktemp("worker-cwd")  # not the repository: PYTHONPATH must do
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **workers_vllm(tmp_path_factory)}
         dask = str(Path(sys.executable).parent / "dask")
         port = free_port()
         address = f"tcp://127.0.0.1:{port}"
@@ -65,6 +67,18 @@ def cluster(tmp_path_factory):
         finally:
             for proc in reversed(procs):
                 stop(proc)
+
+
+def workers_vllm(tmp_path_factory) -> dict[str, str]:
+    """The workers' `vllm`: the stand-in, recording the servers it starts where the test reads them."""
+    base = tmp_path_factory.getbasetemp()
+    return {
+        "WDYS_VLLM": str(FAKE),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "FAKE_VLLM_RECORD": str(base / "dask-vllm-started.jsonl"),
+        "WDYS_VLLM_LOG_DIR": str(base / "dask-vllm-logs"),
+    }
 
 
 def wait_for_port(port: int, proc, log: Path) -> None:
@@ -127,6 +141,21 @@ def test_cluster_gives_the_thread_pool_metrics_with_models_on_the_gpu_worker(
         assert placed[table] == {"gpu0"}, f"{table} computed on {placed[table]}"
     for table in OTHER_TABLES:  # ingest and classify may go anywhere, but only to the workers
         assert placed[table] <= {"gpu0", "cpu0"}, f"{table} computed on {placed[table]}"
+
+
+def test_vllm_servers_on_the_workers_stop_with_the_run_and_leave_their_logs(
+    cluster, prefect_server, tmp_path, tmp_path_factory, monkeypatch
+):
+    for _ in use_fake_vllm(monkeypatch, tmp_path):  # the flow's machine asks `vllm --version`
+        params = {**PARAMS, "describers": ["vllm:org/on-dask"], "root": str(tmp_path / "root")}
+        result = on_cluster(cluster)(**params)
+
+    servers = started(Path(workers_vllm(tmp_path_factory)["FAKE_VLLM_RECORD"]))
+    assert [s["model"] for s in servers] == ["org/on-dask"]  # one, on the GPU worker, for every shard
+    assert not alive(servers[0]["pid"])  # stopped when the run ended; the worker lives on
+    (log,) = Path(result["report"]).glob("vllm-*.log")
+    assert log.name == f"vllm-{partition_value('org/on-dask')}-gpu0.log"
+    assert "serving org/on-dask" in log.read_text()
 
 
 def test_no_worker_offers_the_resource_fails_before_any_task(cluster, prefect_server, tmp_path, monkeypatch):

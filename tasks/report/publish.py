@@ -4,6 +4,7 @@ publishes it as artifacts."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -69,16 +70,32 @@ def write_leaderboard(root: str, rows: list[dict], out: str | None = None) -> tu
 
 
 def keep_server_logs(out: str) -> list[str]:
-    """Copy the logs of the `vllm serve` processes this process started for the run beside its
-    report (`vllm-<model>.log`): a server's own account of the run outlives the temporary folder."""
+    """Copy the logs of the run's `vllm serve` processes beside its report: a server's own account of
+    the run outlives the temporary folder. On Dask every worker also copies those it started (each
+    sees the root: `flows.cluster.check_cluster`), named after the worker as well."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    client = getattr(context.task_runner, "_client", None) if context else None  # the run's Dask client
+    kept = copy_server_logs(out)
+    if client is not None:
+        kept += sorted(path for paths in client.run(copy_server_logs, out).values() for path in paths)
+    return kept
+
+
+def copy_server_logs(out: str, dask_worker: Any = None) -> list[str]:
+    """Copy this process's servers' logs to `out` (`vllm-<model>.log`; `vllm-<model>-<worker>.log`
+    on a Dask worker, which `Client.run` passes as `dask_worker`)."""
     from backends import vllm_server
 
     fs, path = filesystem(out)
+    worker = f"-{partition_value(str(dask_worker.name))}" if dask_worker is not None else ""
     kept = []
     for model, server in vllm_server.running().items():
         if server.log.exists():
-            fs.put_file(str(server.log), f"{path}/vllm-{partition_value(model)}.log")
-            kept.append(f"{out}/vllm-{partition_value(model)}.log")
+            name = f"vllm-{partition_value(model)}{worker}.log"
+            fs.put_file(str(server.log), f"{path}/{name}")
+            kept.append(f"{out}/{name}")
     return kept
 
 
