@@ -94,17 +94,19 @@ class VLLMDescriber(OpenAIDescriber):
         )  # fmt: skip
 
     def server(self) -> vllm_server.Server:
-        """This process's server of the model, started now if there is none (or it has died
-        since this describer last used it: then the describer is unavailable)."""
+        """This process's server of the model, started now if there is none, or if the one it had
+        was released for another model on its device (one that died makes the describer unavailable)."""
         with self._start_lock:
-            if self._server is None:
+            if self._server is None or self._server.released:
                 self._server = vllm_server.serve(self.model, self._served_revision)
                 self.client.base_url = self._server.base_url
             return self._server
 
     def _send(self, request: dict[str, Any]) -> Any:
-        self.server()
-        return super()._send(request)
+        while True:
+            with self.server().in_use() as usable:
+                if usable:
+                    return super()._send(request)
 
     def _failure(self, exc: Exception, latency: float) -> Answer:
         """A server that could not start, or that has died, fails the describer; anything else is

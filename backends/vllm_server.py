@@ -26,6 +26,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -140,16 +142,60 @@ def output_flags(args: list[str]) -> dict[str, str]:
     return found
 
 
-@dataclass
+# While a server runs, it is a model computing on its device: it holds one slot of the device's
+# concurrency limit when the run uses limits. `tasks.slots` sets this (limits are Prefect's, a layer up).
+device_hold: Callable[[str], AbstractContextManager[None]] | None = None
+
+
+@dataclass(eq=False)
 class Server:
     model: str
     port: int
     log: Path
     process: subprocess.Popen = field(repr=False)
+    hold: ExitStack = field(default_factory=ExitStack, repr=False)  # its device slot, released at stop
+    device: str = "cpu"
+    released: bool = False  # stopped to make room on its device: the next request starts another
+    _busy: int = field(default=0, repr=False)
+    _turns: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _gone: threading.Event = field(default_factory=threading.Event, repr=False)  # released and stopped
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def resident(self) -> bool:
+        """Whether it holds its device (`backends.hf_resident`'s protocol, shared with `hf:` VLMs)."""
+        return not self.released and self.alive()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[bool]:
+        """A request's use of the server: False once it was released (ask the describer for the
+        new one); a release waits for every use that began before it."""
+        with self._turns:
+            if self.released:
+                yield False
+                return
+            self._busy += 1
+        try:
+            yield True
+        finally:
+            with self._turns:
+                self._busy -= 1
+                self._turns.notify_all()
+
+    def release(self) -> None:
+        """Stop it to make room on its device for another model (like an `hf:` VLM's release), once
+        the requests sent to it have their answers; the describer starts it again when asked."""
+        with self._turns:
+            self.released = True
+            self._turns.wait_for(lambda: self._busy == 0)
+        self.stop()
+        with _registry_lock:
+            if _servers.get(self.model) is self:
+                del _servers[self.model]
+        self._gone.set()
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -180,6 +226,7 @@ class Server:
                 self.process.wait(timeout=wait)
         with contextlib.suppress(ProcessLookupError):  # engine processes the API server left behind
             os.killpg(self.process.pid, signal.SIGKILL)
+        self.hold.close()
 
 
 _servers: dict[str, Server] = {}
@@ -198,7 +245,9 @@ def serve(model: str, revision: str | None = None) -> Server:
         lock = _locks.setdefault(model, threading.Lock())
     with lock:
         server = _servers.get(model)
-        if server is not None and server.alive():
+        if server is not None and server.released:
+            server._gone.wait()  # its memory is given back before another server of it starts
+        elif server is not None and server.alive():
             return server
         server = _start(model, revision)
         with _registry_lock:
@@ -207,12 +256,16 @@ def serve(model: str, revision: str | None = None) -> Server:
 
 
 def stop_all() -> None:
-    """Stop every server this process started (the end of a run; safe to call twice)."""
+    """Stop every server this process started (the end of a run; safe to call twice), at once:
+    requests still in flight fail. A later run in this process starts its own again."""
     with _registry_lock:
         servers = list(_servers.values())
         _servers.clear()
     for server in servers:
+        with server._turns:
+            server.released = True
         server.stop()
+        server._gone.set()
 
 
 atexit.register(stop_all)
@@ -236,21 +289,28 @@ def _log_path(model: str, port: int) -> Path:
     return folder / f"{name}-{os.getpid()}-{port}.log"
 
 
-def _device_env() -> dict[str, str]:
+def _device_env(hold: ExitStack) -> tuple[str, dict[str, str]]:
     """The environment of a server on the device the run's model tasks use (`pick_device`), with
-    the `hf:` VLMs resident there released first: the GPU is shared on purpose, not overcommitted."""
+    the `hf:` VLMs resident there released first and a slot of its limit taken into `hold`: the GPU
+    is shared on purpose, not overcommitted."""
     from backends import hf_resident
     from backends.device import pick_device
 
     device = pick_device()
-    for describer in hf_resident.resident_on(str(device)):
-        describer.release()
+    if device_hold is not None:
+        try:
+            hold.enter_context(device_hold(str(device)))
+        except UserError as exc:
+            raise DescriberUnavailable(f"no vLLM server started: {exc}") from None
+    for resident in hf_resident.resident_on(str(device)):
+        if not isinstance(resident, Server):  # each `vllm:` model has its own server (and share)
+            resident.release()
     changes = {}
     if device.type == "cuda" and device.index is not None:
         visible = [v for v in settings.CUDA_VISIBLE_DEVICES.text().split(",") if v.strip()]
         index = device.index
         changes[settings.CUDA_VISIBLE_DEVICES.name] = visible[index] if index < len(visible) else str(index)
-    return settings.child_environment(changes)  # the run's watchdog token included (core/lifeline.py)
+    return str(device), settings.child_environment(changes)  # the watchdog token too (core/lifeline.py)
 
 
 def _start(model: str, revision: str | None) -> Server:
@@ -259,22 +319,30 @@ def _start(model: str, revision: str | None) -> Server:
     command = [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--gpu-memory-utilization", str(share), *(["--revision", revision] if revision else [])]
     command += extra_args()
-    log = _log_path(model, port)
-    with log.open("w") as out:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=_device_env(),
-        )
-    server = Server(model, port, log, process)
+    log, hold = _log_path(model, port), ExitStack()
+    try:
+        device, env = _device_env(hold)
+        with log.open("w") as out:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+    except BaseException:
+        hold.close()
+        raise
+    server = Server(model, port, log, process, hold, device)
     try:
         _wait_ready(server, settings.VLLM_START_TIMEOUT_S.number())
     except BaseException:
         server.stop(grace_s=5.0)
         raise
+    from backends import hf_resident
+
+    hf_resident.loaded(server)  # an `hf:` VLM loading on its device later releases it
     return server
 
 

@@ -11,7 +11,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from backends import vllm_server
 from core import settings
+from core.errors import BadParameter
 
 _model_locks: dict[int, threading.Lock] = {}
 _registry_lock = threading.Lock()
@@ -63,6 +65,35 @@ def gpu_slot(model: object) -> Iterator[None]:
     ensure_limit(name)
     with concurrency(name, occupy=1, strict=True):
         yield
+
+
+@contextmanager
+def server_slot(device: str) -> Iterator[None]:
+    """One slot of `device`'s limit, held by a model server (`vllm serve`) for as long as it runs.
+    A limit of one slot is refused at once: the server would hold it for the whole run and the run's
+    encoder on that device would wait for it forever."""
+    prefix = settings.GPU_LIMIT.text()
+    if not prefix:
+        yield
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = device_limit_name(prefix, device)
+    ensure_limit(name)
+    with get_client(sync_client=True) as client:
+        size = client.read_global_concurrency_limit_by_name(name).limit
+    if size < 2:
+        raise BadParameter(
+            f"the concurrency limit {name} has {size} slot: a vLLM server holds one for as long as it"
+            " runs, leaving none for the run's encoder on that device; give it two (`prefect"
+            f" global-concurrency-limit update {name} --limit 2`, or WDYS_GPU_SLOTS=2 before it exists)"
+        )
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+vllm_server.device_hold = server_slot
 
 
 def model_device(model: object) -> str:

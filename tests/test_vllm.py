@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +122,34 @@ def test_a_server_dying_mid_call_fails_the_describer(fake_vllm, monkeypatch):
         describer.describe([Image.new("RGB", (9, 9))], "what?")
 
 
+def test_a_server_holds_a_slot_of_its_devices_limit_while_it_runs(
+    prefect_server, fake_vllm, monkeypatch, capsys
+):
+    from prefect.client.orchestration import get_client
+
+    from tasks.slots import device_limit_name  # the model tasks' limits; it lends the servers theirs
+
+    monkeypatch.setenv("WDYS_DEVICE", "cpu")
+    monkeypatch.setenv("WDYS_GPU_LIMIT", prefix := f"gpu{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("WDYS_GPU_SLOTS", "2")
+
+    def taken() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(device_limit_name(prefix, "cpu")).active_slots
+
+    VLLMDescriber.load("org/slotted").describe([Image.new("RGB", (9, 9))] * 3, "what?")
+    assert taken() == 1  # held by the server between requests: it is a model on that device
+    vllm_server.stop_all()
+    assert taken() == 0
+
+    monkeypatch.setenv("WDYS_GPU_LIMIT", f"gpu{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("WDYS_GPU_SLOTS", "1")  # the server would keep the encoder off the device
+    assert failing_run("org/one-slot") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has 1 slot" in err and "--limit 2" in err
+    assert [s["model"] for s in started(fake_vllm)] == ["org/slotted"]  # none started for it
+
+
 def test_a_resident_hf_model_is_released_before_a_server_starts_on_its_device(fake_vllm, monkeypatch):
     from backends import hf_resident
 
@@ -133,9 +164,35 @@ def test_a_resident_hf_model_is_released_before_a_server_starts_on_its_device(fa
     hf_resident.loaded(vlm)
     try:
         VLLMDescriber.load("org/model-e").describe([Image.new("RGB", (9, 9))], "what?")
-        assert not vlm.resident and hf_resident.resident_on("cpu") == []
+        assert not vlm.resident and hf_resident.resident_on("cpu") == [vllm_server.running()["org/model-e"]]
     finally:
         hf_resident._loaded.remove(vlm)
+
+
+def test_an_hf_model_loading_on_its_device_releases_the_server_which_starts_again_when_asked(
+    fake_vllm, monkeypatch
+):
+    from backends import hf_resident
+
+    monkeypatch.setenv("WDYS_DEVICE", "cpu")
+    monkeypatch.setenv("FAKE_VLLM_DELAY_S", "0.3")
+    describer = VLLMDescriber.load("org/model-f")
+    assert describer.describe([Image.new("RGB", (9, 9))], "what?")[0].text
+    photos = [Image.new("RGB", (9 + i, 9)) for i in range(12)]
+    asking = threading.Thread(target=lambda: answers.extend(describer.describe(photos, "what?")))
+    answers: list = []
+
+    asking.start()
+    time.sleep(0.5)  # requests in flight on the first server
+    with hf_resident.loading("cpu"):  # an `hf:` VLM loads on that device (one resident per device)
+        first = started(fake_vllm)[0]
+        assert not alive(first["pid"])  # released once its requests had their answers
+    asking.join(60)
+
+    assert len(answers) == 12 and all(a.text and a.error is None for a in answers)  # none lost
+    assert describer.describe([Image.new("RGB", (9, 9))], "what?")[0].text  # asked again: started again
+    assert [s["model"] for s in started(fake_vllm)] == ["org/model-f"] * 2
+    assert alive(started(fake_vllm)[1]["pid"])
 
 
 def test_its_tasks_take_no_tag_lease_but_keep_their_gpu_worker() -> None:
