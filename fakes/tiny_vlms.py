@@ -84,26 +84,40 @@ def _llama_text(tok: PreTrainedTokenizerFast) -> dict[str, object]:
     }
 
 
-def qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
-    """4-pixel patches merged 2x2: a 32x32 image is 4 placeholder tokens, 64x48 is 12."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def qwen2_vl_processor(patch_size: int, **pixel_bounds: int) -> ProcessorMixin:
+    """Qwen2-VL's processor over a tiny tokenizer with its special tokens: `patch_size`-pixel
+    patches merged 2x2 (the real model's are 14), within `pixel_bounds` (min_pixels, max_pixels)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     template = _generic_template("<|vision_start|><|image_pad|><|vision_end|>")
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     tok = tokenizer(specials + ["<|image_pad|>", "<|video_pad|>"], "<|im_end|>", "<|endoftext|>", template)
-    sizes = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2}
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=8 * 8, max_pixels=64 * 64, **sizes),
+    sizes = {"patch_size": patch_size, "merge_size": 2, "temporal_patch_size": 2}
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixel_bounds, **sizes),
         tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(**sizes),
         chat_template=template,
     )
+
+
+def qwen2_vl_token_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The config's ids of the image, video and vision-bracket tokens."""
+    ids = tok.convert_tokens_to_ids
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+    }
+
+
+def qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """4-pixel patches merged 2x2: a 32x32 image is 4 placeholder tokens, 64x48 is 12."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    processor = qwen2_vl_processor(4, min_pixels=8 * 8, max_pixels=64 * 64)
+    tok = processor.tokenizer
     text = _llama_text(tok) | {
         "model_type": "qwen2_vl_text",
         # head_dim 8: the (temporal, height, width) rotary sections cover its 4 frequencies
@@ -114,15 +128,7 @@ def qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    ids = tok.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, **qwen2_vl_token_ids(tok))
     torch.manual_seed(0)
     return _finish(Qwen2VLForConditionalGeneration(config), tok), processor
 

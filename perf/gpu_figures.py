@@ -53,35 +53,17 @@ PATCHES = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
 
 def build_qwen2_vl_2b(path: Path, max_new_tokens: int) -> Path:
     """Random Qwen2-VL-2B (bf16) with a processor of the real patch sizes; saved for both paths."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from fakes.tiny_vlms import _generic_template, tokenizer
+    from fakes.tiny_vlms import qwen2_vl_processor, qwen2_vl_token_ids
 
-    template = _generic_template("<|vision_start|><|image_pad|><|vision_end|>")
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
-    tok = tokenizer(specials + ["<|image_pad|>", "<|video_pad|>"], "<|im_end|>", "<|endoftext|>", template)
-    sizes = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**sizes),
-        tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(**sizes),
-        chat_template=template,
-    )
-    ids = tok.convert_tokens_to_ids
+    processor = qwen2_vl_processor(14)
+    tok = processor.tokenizer
     config = Qwen2VLConfig(
         text_config=TEXT
         | {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": None},
         vision_config=VISION | PATCHES,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        **qwen2_vl_token_ids(tok),
     )
     torch.manual_seed(0)
     with torch.device(DEVICE):
