@@ -30,6 +30,7 @@ def use_fake_vllm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
     yield tmp_path / "started.jsonl"
     vllm_server.stop_all()
     registry._load_describer.cache_clear()
+    vllm_server._version_of.cache_clear()  # a test's FAKE_VLLM_VERSION must not outlive it
 
 
 def _records(record: Path) -> list[dict]:
