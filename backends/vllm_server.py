@@ -153,8 +153,8 @@ class Server:
     port: int
     log: Path
     process: subprocess.Popen = field(repr=False)
+    device: str
     hold: ExitStack = field(default_factory=ExitStack, repr=False)  # its device slot, released at stop
-    device: str = "cpu"
     released: bool = False  # stopped to make room on its device: the next request starts another
     _busy: int = field(default=0, repr=False)
     _turns: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -185,12 +185,14 @@ class Server:
                 self._busy -= 1
                 self._turns.notify_all()
 
-    def release(self) -> None:
+    def release(self, wait: bool = True) -> None:
         """Stop it to make room on its device for another model (like an `hf:` VLM's release), once
-        the requests sent to it have their answers; the describer starts it again when asked."""
+        the requests sent to it have their answers (`wait`; else at once, and they fail); the
+        describer starts it again when asked."""
         with self._turns:
             self.released = True
-            self._turns.wait_for(lambda: self._busy == 0)
+            if wait:
+                self._turns.wait_for(lambda: self._busy == 0)
         self.stop()
         with _registry_lock:
             if _servers.get(self.model) is self:
@@ -262,10 +264,7 @@ def stop_all() -> None:
         servers = list(_servers.values())
         _servers.clear()
     for server in servers:
-        with server._turns:
-            server.released = True
-        server.stop()
-        server._gone.set()
+        server.release(wait=False)
 
 
 atexit.register(stop_all)
@@ -334,7 +333,7 @@ def _start(model: str, revision: str | None) -> Server:
     except BaseException:
         hold.close()
         raise
-    server = Server(model, port, log, process, hold, device)
+    server = Server(model, port, log, process, device, hold)
     try:
         _wait_ready(server, settings.VLLM_START_TIMEOUT_S.number())
     except BaseException:

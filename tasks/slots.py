@@ -55,15 +55,7 @@ def gpu_slot(model: object) -> Iterator[None]:
     """Hold a slot of the Prefect global concurrency limit of the model's device on this host (named
     from the prefix $WDYS_GPU_LIMIT, which deployments set to `gpu`), strictly. Local runs without a
     server leave the variable unset and take no slot."""
-    prefix = settings.GPU_LIMIT.text()
-    if not prefix:
-        yield
-        return
-    from prefect.concurrency.sync import concurrency
-
-    name = device_limit_name(prefix, model_device(model))
-    ensure_limit(name)
-    with concurrency(name, occupy=1, strict=True):
+    with device_slot(model_device(model)):
         yield
 
 
@@ -72,23 +64,33 @@ def server_slot(device: str) -> Iterator[None]:
     """One slot of `device`'s limit, held by a model server (`vllm serve`) for as long as it runs.
     A limit of one slot is refused at once: the server would hold it for the whole run and the run's
     encoder on that device would wait for it forever."""
+    with device_slot(device, refuse_below=2):
+        yield
+
+
+@contextmanager
+def device_slot(device: str, refuse_below: int = 1) -> Iterator[None]:
+    """A slot of `device`'s limit when the run uses limits ($WDYS_GPU_LIMIT); a limit with fewer
+    than `refuse_below` slots is refused in one line that says how to grow it."""
     prefix = settings.GPU_LIMIT.text()
     if not prefix:
         yield
         return
-    from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
     name = device_limit_name(prefix, device)
     ensure_limit(name)
-    with get_client(sync_client=True) as client:
-        size = client.read_global_concurrency_limit_by_name(name).limit
-    if size < 2:
-        raise BadParameter(
-            f"the concurrency limit {name} has {size} slot: a vLLM server holds one for as long as it"
-            " runs, leaving none for the run's encoder on that device; give it two (`prefect"
-            f" global-concurrency-limit update {name} --limit 2`, or WDYS_GPU_SLOTS=2 before it exists)"
-        )
+    if refuse_below > 1:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            size = client.read_global_concurrency_limit_by_name(name).limit
+        if size < refuse_below:
+            raise BadParameter(
+                f"the concurrency limit {name} has {size} slot: a vLLM server holds one for as long as"
+                " it runs, leaving none for the run's encoder on that device; give it two (`prefect"
+                f" global-concurrency-limit update {name} --limit 2`, or WDYS_GPU_SLOTS=2 before it exists)"
+            )
     with concurrency(name, occupy=1, strict=True):
         yield
 

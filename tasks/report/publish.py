@@ -76,7 +76,7 @@ def keep_server_logs(out: str) -> list[str]:
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    client = getattr(context.task_runner, "_client", None) if context else None  # the run's Dask client
+    client = getattr(context.task_runner, "client", None) if context else None  # a Dask runner's client
     kept = copy_server_logs(out)
     if client is not None:
         kept += sorted(path for paths in client.run(copy_server_logs, out).values() for path in paths)
